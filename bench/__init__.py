@@ -1,0 +1,1 @@
+"""cd_fast.bench: the benchmark harness (`python -m bench` from a checkout, or `cdfast bench`)."""

@@ -1,0 +1,28 @@
+"""Trace I/O: the Trace record, streaming readers with layout detection, atomic writers."""
+
+from cd_fast.data.readers import (
+    LAYOUTS,
+    Skip,
+    TraceReader,
+    detect_layout,
+    parse_fields,
+    read_traces,
+    split_think,
+)
+from cd_fast.data.record import DataError, Trace
+from cd_fast.data.writer import AtomicWriter, dumps_record, write_jsonl
+
+__all__ = [
+    "LAYOUTS",
+    "AtomicWriter",
+    "DataError",
+    "Skip",
+    "Trace",
+    "TraceReader",
+    "detect_layout",
+    "dumps_record",
+    "parse_fields",
+    "read_traces",
+    "split_think",
+    "write_jsonl",
+]
