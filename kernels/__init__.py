@@ -1,12 +1,16 @@
-"""cd_fast.kernels: Triton kernels and their pure-torch references.
+"""cd_fast.kernels: Triton kernels and their pure-torch references (`cd_fast.kernels.reference`).
 
-Installed only as the subpackage ``cd_fast.kernels``. The top-level name ``kernels`` belongs to a
-Hugging Face package that transformers and bitsandbytes probe for, so importing this folder under
-that name (for example from the repository root) is refused.
+Installed only as the subpackage ``cd_fast.kernels``.
 """
 
 if __name__ != "cd_fast.kernels":
-    raise ImportError(
-        f"this folder is cd_fast.kernels and cannot be imported as {__name__!r}; "
-        "`import cd_fast.kernels` after `pip install -e .`"
-    )
+    # This folder was imported as the top-level `kernels` because the repository root is on
+    # sys.path (python run from the checkout). That name belongs to a Hugging Face package that
+    # transformers and bitsandbytes probe for: look like an empty namespace (no file, no
+    # submodules), which their probes read as "not installed", and run none of our code.
+    __file__ = None
+    __path__ = []
+else:
+    from cd_fast.kernels.pack import IGNORE_INDEX, PackedBatch, TokenStore, pack_sequences
+
+    __all__ = ["IGNORE_INDEX", "PackedBatch", "TokenStore", "pack_sequences"]

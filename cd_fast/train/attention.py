@@ -1,0 +1,304 @@
+"""Varlen causal attention for packed batches, fastest backend first, wired into transformers.
+
+Backends, in the order `select_backend` tries them:
+  fa4    FlashAttention-4 (`flash_attn.cute.flash_attn_varlen_func`, pip `flash-attn-4`), Hopper and
+         Blackwell; ~2x torch's kernels on an H100 (shared/tools/README.md). Native GQA.
+  fa2    classic flash-attn `flash_attn_varlen_func`, when installed. Native GQA.
+  torch  `torch.nn.attention.varlen.varlen_attn` (torch >= 2.10); causal is `is_causal=True` or
+         `window_size=(-1, 0)` depending on the release, GQA native where `enable_gqa` exists.
+  sdpa   per-sequence `scaled_dot_product_attention`: CPU, or GPUs without the above.
+`CD_FAST_ATTN=fa4|fa2|torch|sdpa` forces one. The choice is logged once per device.
+
+`register()` adds "cd_fast_varlen" to transformers' AttentionInterface and AttentionMaskInterface.
+Its mask function never builds a [T, T] mask: it hands the 2D padding mask (or None) through,
+and the attention reads sequence boundaries from `cu_seq_lens_q` (PackedBatch.model_kwargs), or
+else unpads a 2D padding mask, or else derives them from position_ids (a host sync, logged once).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+ATTN_IMPLEMENTATION = "cd_fast_varlen"
+BACKENDS = ("fa4", "fa2", "torch", "sdpa")
+
+
+def _fa4() -> Callable | None:
+    try:
+        from flash_attn.cute import flash_attn_varlen_func
+    except Exception:  # the CuTe DSL raises more than ImportError when its runtime is missing
+        return None
+    return flash_attn_varlen_func
+
+
+def _fa2() -> Callable | None:
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except Exception:
+        return None
+    return flash_attn_varlen_func
+
+
+def _torch_varlen() -> Callable | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+@functools.cache
+def _torch_varlen_params() -> frozenset[str]:
+    fn = _torch_varlen()
+    return frozenset(inspect.signature(fn).parameters) if fn is not None else frozenset()
+
+
+def available_backends(device: torch.device) -> list[str]:
+    """Backends that can run on `device`, fastest first."""
+    found = []
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 9 and _fa4() is not None:
+            found.append("fa4")
+        if major >= 8 and _fa2() is not None:
+            found.append("fa2")
+        if major >= 8 and _torch_varlen() is not None:
+            found.append("torch")
+    found.append("sdpa")
+    return found
+
+
+def select_backend(device: torch.device) -> str:
+    """The backend for `device`: CD_FAST_ATTN when set, else the fastest available."""
+    return _select_backend(torch.device(device), os.environ.get("CD_FAST_ATTN") or None)
+
+
+@functools.cache
+def _select_backend(device: torch.device, forced: str | None) -> str:
+    available = available_backends(device)
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"CD_FAST_ATTN={forced!r}: expected one of {', '.join(BACKENDS)}")
+        if forced not in available:
+            raise RuntimeError(
+                f"CD_FAST_ATTN={forced} is not available on {device} "
+                f"(available: {', '.join(available)})"
+            )
+        choice = forced
+    else:
+        choice = available[0]
+    logger.info("cd_fast varlen attention on %s: %s (available: %s)", device, choice, available)
+    return choice
+
+
+def _sdpa_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: list[int],
+    scale: float | None,
+    causal: bool,
+    window: int | None,
+) -> torch.Tensor:
+    out = torch.empty_like(q)
+    gqa = q.shape[1] != k.shape[1]
+    for start, end in itertools.pairwise(cu_seqlens):
+        if end == start:
+            continue
+        # [L, H, D] -> [H, L, D]
+        q_s, k_s, v_s = (x[start:end].transpose(0, 1) for x in (q, k, v))
+        mask = None
+        if window is not None:
+            i = torch.arange(end - start, device=q.device)
+            distance = i[:, None] - i[None, :]
+            mask = (distance >= 0) & (distance < window) if causal else distance.abs() < window
+        o_s = F.scaled_dot_product_attention(
+            q_s,
+            k_s,
+            v_s,
+            attn_mask=mask,
+            is_causal=causal and mask is None,
+            scale=scale,
+            enable_gqa=gqa,
+        )
+        out[start:end] = o_s.transpose(0, 1)
+    return out
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    *,
+    scale: float | None = None,
+    causal: bool = True,
+    window: int | None = None,
+    softcap: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Attention over packed sequences.
+
+    Args:
+        q: [T, Hq, D]; k, v: [T, Hkv, D] with Hq a multiple of Hkv (GQA).
+        cu_seqlens: int32 [B + 1] sequence boundaries; max_seqlen: longest sequence (host int).
+        window: sliding-window size (tokens attended, the current one included), or None.
+        softcap: tanh soft-capping of the scores (fa2/fa4 only).
+
+    Returns:
+        [T, Hq, D] in q's dtype.
+    """
+    backend = backend or select_backend(q.device)
+    if softcap and backend not in ("fa4", "fa2"):
+        raise ValueError(f"softcap needs the fa2 or fa4 backend, not {backend}")
+    left = -1 if window is None else window - 1
+    if backend in ("fa4", "fa2"):
+        # Arguments as each project's docs give them; window/softcap only when asked for.
+        options = {"softmax_scale": scale, "causal": causal}
+        if window is not None:
+            options["window_size"] = (left, 0 if causal else left)
+        if softcap:
+            options["softcap"] = softcap
+        fn = _fa4() if backend == "fa4" else _fa2()
+        out = fn(
+            q, k, v,
+            cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
+            **options,
+        )  # fmt: skip
+        return out[0] if isinstance(out, tuple) else out
+    if backend == "torch":
+        params = _torch_varlen_params()
+        options: dict[str, Any] = {"scale": scale}
+        if q.shape[1] != k.shape[1]:
+            if "enable_gqa" in params:
+                options["enable_gqa"] = True
+            else:
+                repeat = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)
+        if "is_causal" in params and window is None:
+            options["is_causal"] = causal
+        else:
+            options["window_size"] = (left, 0 if causal else -1)
+        return _torch_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **options)
+    if backend == "sdpa":
+        return _sdpa_varlen(q, k, v, cu_seqlens.tolist(), scale, causal, window)
+    raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
+
+
+def _cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat == 0).reshape(-1)
+    total = torch.tensor([flat.numel()], device=flat.device)
+    cu_seqlens = torch.cat([starts, total]).to(torch.int32)
+    return cu_seqlens, int(cu_seqlens.diff().max())
+
+
+def attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: query [B, Hq, S, D], key/value [B, Hkv, S, D] ->
+    ([B, S, Hq, D], None)."""
+    if dropout:
+        raise ValueError("cd_fast_varlen attention does not implement attention dropout")
+    batch, heads, seq, dim = query.shape
+    if key.shape[2] != seq:
+        raise ValueError(
+            "cd_fast_varlen runs packed training and scoring without a KV cache; for generation "
+            "switch the model to sdpa (model.set_attn_implementation('sdpa'))"
+        )
+    causal = module.is_causal if is_causal is None else is_causal
+    q, k, v = (x.transpose(1, 2).reshape(batch * seq, x.shape[1], dim) for x in (query, key, value))
+
+    cu_seqlens, max_seqlen = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    keep = None  # token rows to run when unpadding
+    if cu_seqlens is None:
+        if attention_mask is not None and attention_mask.dim() == 2 and not attention_mask.all():
+            _warn_once("unpad", "cd_fast_varlen: unpadding a 2D padding mask (host sync)")
+            lengths = attention_mask.sum(-1, dtype=torch.int32)
+            keep = attention_mask.reshape(-1).nonzero().reshape(-1)
+            cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+            max_seqlen = int(lengths.max())
+            q, k, v = q[keep], k[keep], v[keep]
+        elif batch == 1 and kwargs.get("position_ids") is not None:
+            _warn_once(
+                "positions",
+                "cd_fast_varlen: deriving cu_seqlens from position_ids (host sync); pass "
+                "PackedBatch.model_kwargs() to avoid it",
+            )
+            cu_seqlens, max_seqlen = _cu_seqlens_from_position_ids(kwargs["position_ids"])
+        else:
+            cu_seqlens = torch.arange(
+                0, (batch + 1) * seq, seq, dtype=torch.int32, device=query.device
+            )
+            max_seqlen = seq
+    elif max_seqlen is None:
+        raise ValueError("cu_seq_lens_q was given without max_length_q")
+    max_seqlen = int(max_seqlen)  # a host int: never read back from the device here
+
+    out = varlen_attention(
+        q, k, v, cu_seqlens.to(torch.int32), max_seqlen,
+        scale=scaling, causal=causal, window=sliding_window, softcap=softcap,
+    )  # fmt: skip
+    if keep is not None:
+        full = out.new_zeros(batch * seq, heads, dim)
+        full[keep] = out
+        out = full
+    return out.reshape(batch, seq, heads, dim), None
+
+
+def attention_mask_passthrough(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Callable | None = None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor | None:
+    """transformers mask function for cd_fast_varlen: never a [T, T] mask, only the 2D padding
+    mask (None when there is none)."""
+    return attention_mask
+
+
+@functools.cache
+def register() -> str:
+    """Register "cd_fast_varlen" with transformers; returns the name for `attn_implementation`."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, attention_forward)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, attention_mask_passthrough)
+    return ATTN_IMPLEMENTATION

@@ -1,0 +1,50 @@
+"""Pure-torch references for the Triton kernels (used by tests, benchmarks and CPU fallbacks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from cd_fast.kernels.pack import IGNORE_INDEX, PackedBatch
+
+
+def pack_from_store_ref(
+    store: torch.Tensor,
+    src_offsets: Sequence[int],
+    lengths: Sequence[int],
+    prompt_lengths: Sequence[int],
+) -> PackedBatch:
+    """Reference of `pack_fwd`: the obvious per-sequence slicing and torch.cat."""
+    pieces, labels, positions = [], [], []
+    for offset, length, prompt in zip(src_offsets, lengths, prompt_lengths, strict=True):
+        offset, length, prompt = int(offset), int(length), int(prompt)
+        tokens = store[offset : offset + length].to(torch.int64)
+        position = torch.arange(length, dtype=torch.int64, device=store.device)
+        pieces.append(tokens)
+        positions.append(position)
+        labels.append(torch.where(position >= max(prompt, 1), tokens, IGNORE_INDEX))
+    lengths_list = [int(n) for n in lengths]
+    cu_seqlens = torch.tensor(np.concatenate([[0], np.cumsum(lengths_list)]), dtype=torch.int32)
+    num_labels = int(sum(int((label != IGNORE_INDEX).sum()) for label in labels))
+    return PackedBatch(
+        input_ids=torch.cat(pieces)[None],
+        labels=torch.cat(labels)[None],
+        position_ids=torch.cat(positions)[None],
+        cu_seqlens=cu_seqlens.to(store.device),
+        max_seqlen=max(lengths_list),
+        num_label_tokens=num_labels,
+        seq_lengths=lengths_list,
+    )
+
+
+def pack_sequences_ref(
+    sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int] | None = None
+) -> PackedBatch:
+    """Reference of `pack_sequences` on CPU."""
+    arrays = [torch.as_tensor(np.asarray(s), dtype=torch.int64) for s in sequences]
+    lengths = [a.numel() for a in arrays]
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    prompts = prompt_lengths if prompt_lengths is not None else [0] * len(arrays)
+    return pack_from_store_ref(torch.cat(arrays), offsets, lengths, prompts)
