@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import segment
+from . import attention, pack, segment
 
-BENCHMARKS = {"segment": segment}
+BENCHMARKS = {"segment": segment, "pack": pack, "attention": attention}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

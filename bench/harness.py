@@ -75,6 +75,61 @@ def time_cpu(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def time_device(fn: Callable[[], Any], device: Any, repeats: int = 3) -> float:
+    """Median milliseconds of `fn`: triton.testing.do_bench (CUDA events) on a GPU, wall clock on
+    the CPU."""
+    if getattr(device, "type", str(device)) == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=200, return_mode="median"))
+    return 1e3 * time_cpu(fn, repeats=repeats)
+
+
+def peak_memory_reset(device: Any) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: Any) -> float | None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return None
+
+
+def lognormal_lengths(
+    mean: float,
+    budget: int | None = None,
+    count: int | None = None,
+    seed: int = 0,
+    sigma: float = 0.7,
+    low: int = 64,
+    high: int = 16384,
+) -> list[int]:
+    """Trace-like lengths (lognormal around `mean`): `count` of them, or as many as fit in
+    `budget` tokens (the anchors in shared/tools draw them the same way)."""
+    import math
+
+    import numpy as np
+
+    if (budget is None) == (count is None):
+        raise ValueError("give exactly one of budget and count")
+    rng = np.random.default_rng(seed)
+    lengths: list[int] = []
+    total = 0
+    while count is None or len(lengths) < count:
+        length = int(np.clip(rng.lognormal(math.log(mean), sigma), low, high))
+        if budget is not None and total + length > budget:
+            break
+        lengths.append(length)
+        total += length
+    return lengths
+
+
 def append_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Append rows (atomically rewriting the file; columns are the union, in first-seen order)."""
     existing: list[dict[str, Any]] = []

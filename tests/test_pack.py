@@ -97,3 +97,20 @@ def test_bad_input():
         store.pack([1])
     with pytest.raises(ValueError, match="start < stop"):
         store.pack([0], starts=[2], stops=[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_kernel_matches_reference_on_gpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    rng = np.random.default_rng(11)
+    sequences = random_sequences(rng, 64, 5000)
+    prompts = [int(rng.integers(0, len(s) + 2)) for s in sequences]
+    for dtype in (torch.int64, torch.int32):
+        store = TokenStore(sequences, prompts, device="cuda", dtype=dtype)
+        order = rng.permutation(len(sequences))
+        got = store.pack(order)
+        want = pack_from_store_ref(
+            store.tokens, store.offsets[order], store.lengths[order], store.prompt_lengths[order]
+        )
+        assert_batches_equal(got, want)

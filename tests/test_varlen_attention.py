@@ -210,3 +210,21 @@ def test_no_dense_mask_is_built():
     with torch.no_grad(), watch:
         model(**batch.model_kwargs())
     assert not watch.seen, watch.seen
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("heads,kv_heads", [(12, 2), (32, 8)])
+def test_every_gpu_backend_matches_naive(heads, kv_heads):
+    torch.manual_seed(0)
+    lengths = [1, 37, 1500, 2100, 300]
+    total = sum(lengths)
+    q = torch.randn(total, heads, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(total, kv_heads, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(total, kv_heads, 128, device="cuda", dtype=torch.bfloat16)
+    cu = torch.tensor([0, 1, 38, 1538, 3638, 3938], dtype=torch.int32, device="cuda")
+    want = naive_attention(q.cpu(), k.cpu(), v.cpu(), lengths)
+    for backend in available_backends(q.device):
+        out = varlen_attention(q, k, v, cu, 2100, backend=backend)
+        error = ((out.double().cpu() - want).norm() / want.norm()).item()
+        assert error < 2e-2, (backend, error)

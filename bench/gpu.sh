@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU in one command: build the extension, run the GPU correctness tests,
+# then the benchmarks. Results go to $OUT when set (the device tool's output folder), else to
+# bench/results.
+#
+#   here, before a device call:  bash bench/gpu.sh --prepare   (copies ../shared/data to .device/)
+#   on the GPU machine:          bash bench/gpu.sh             (device tool: carry [".device"],
+#                                plus ".whl" for wheels from ../shared/tools/device-wheels.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--prepare" ]; then
+  mkdir -p .device && rm -rf .device/data && cp -r ../shared/data .device/data
+  du -sh .device
+  exit 0
+fi
+
+results=${OUT:-bench/results}
+mkdir -p "$results"
+data=.device/data
+[ -d "$data" ] || data=../shared/data
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-build-isolation --no-deps -e .
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+python3 -m pytest -q -m gpu tests 2>&1 | tee "$results/gpu-tests.log"
+python3 -m bench --results-dir "$results" attention
+python3 -m bench --results-dir "$results" pack --step-model
+python3 -m bench --results-dir "$results" --data-dir "$data" segment
