@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import attention, pack, segment
+from . import attention, pack, segment, token_scores
 
-BENCHMARKS = {"segment": segment, "pack": pack, "attention": attention}
+BENCHMARKS = {
+    "segment": segment,
+    "pack": pack,
+    "attention": attention,
+    "token_scores": token_scores,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

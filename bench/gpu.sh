@@ -28,6 +28,7 @@ python3 -m pip install -q --no-build-isolation --no-deps -e .
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 python3 -m pytest -q -m gpu tests 2>&1 | tee "$results/gpu-tests.log"
+python3 -m bench --results-dir "$results" token_scores --end-to-end
 python3 -m bench --results-dir "$results" attention
 python3 -m bench --results-dir "$results" pack --step-model
 python3 -m bench --results-dir "$results" --data-dir "$data" segment

@@ -12,5 +12,13 @@ if __name__ != "cd_fast.kernels":
     __path__ = []
 else:
     from cd_fast.kernels.pack import IGNORE_INDEX, PackedBatch, TokenStore, pack_sequences
+    from cd_fast.kernels.token_scores import TokenScores, token_scores
 
-    __all__ = ["IGNORE_INDEX", "PackedBatch", "TokenStore", "pack_sequences"]
+    __all__ = [
+        "IGNORE_INDEX",
+        "PackedBatch",
+        "TokenScores",
+        "TokenStore",
+        "pack_sequences",
+        "token_scores",
+    ]

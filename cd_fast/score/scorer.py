@@ -1,0 +1,213 @@
+"""Teacher-forced token scoring of traces under a causal LM, in packed varlen batches.
+
+Each trace is scored conditioned on its question: the input is the chat-templated question
+followed by "<think>\\n" (the trainer's target format) and the trace tokens. The model's final
+hidden states go straight into `token_scores` with the LM head, so no [tokens, vocab] logits
+exist beyond one chunk. Traces longer than `window` tokens (prompt included) are scored in
+windows: each window repeats the prompt and the last `overlap` already-scored trace tokens as
+context, and scores only the tokens it adds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from cd_fast.data import Trace
+from cd_fast.kernels.pack import TokenStore
+from cd_fast.kernels.token_scores import token_scores
+from cd_fast.score.protect import extract_answer, protected_tokens
+from cd_fast.score.steps import step_reduce, token_steps
+from cd_fast.score.store import RecordScores
+from cd_fast.segment import SegmentConfig, segment_steps
+
+THINK_OPEN = "<think>\n"
+
+
+@dataclass
+class ScoreConfig:
+    """How `cdfast score` runs; CLI flags map one to one."""
+
+    model: str
+    """Scorer LM: a local folder, a hub id (online) or a .gguf file."""
+    max_tokens_per_batch: int = 16384
+    """Token budget of one packed forward pass (prompts included)."""
+    window: int | None = None
+    """Longest sequence scored at once; default the model's context, capped at 8192."""
+    overlap: int = 256
+    """Trace tokens of context repeated when a long trace continues in a new window."""
+    shard_size: int = 256
+    """Records per output shard (the unit of resume)."""
+    threads: int = 0
+    """Step-segmenter threads (0 = every CPU)."""
+    device: str | None = None
+    """cuda / cpu; default cuda when available (cuda:LOCAL_RANK under torchrun)."""
+    chunk_size: int | None = None
+    """Tokens per LM-head chunk in token_scores (default: fp32 logits under 512 MiB)."""
+
+
+@dataclass
+class _Window:
+    record: int
+    input_ids: list[int]
+    positions: np.ndarray  # hidden-state rows (within this window) that predict...
+    targets: np.ndarray  # ...these trace-token indices
+
+
+@dataclass
+class ScoreStats:
+    records: int = 0
+    input_tokens: int = 0
+    scored_tokens: int = 0
+    windows: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Scorer:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_tokens_per_batch: int = 16384,
+        window: int | None = None,
+        overlap: int = 256,
+        chunk_size: int | None = None,
+        segment_config: SegmentConfig | None = None,
+        threads: int = 0,
+    ):
+        config = model.config
+        for name in ("final_logit_softcapping", "logit_scale"):
+            if getattr(config, name, None) not in (None, 1.0):
+                raise ValueError(f"scorer models with {name} are not supported")
+        head = model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise ValueError("scorer models with an LM-head bias are not supported")
+        self.model, self.tokenizer, self.head = model, tokenizer, head
+        context = getattr(config, "max_position_embeddings", None) or 8192
+        self.window = int(window or min(context, 8192))
+        if not 0 <= overlap < self.window // 2:
+            raise ValueError(f"overlap must be in [0, window/2), got {overlap}")
+        self.overlap = overlap
+        self.budget = max(int(max_tokens_per_batch), self.window)
+        self.chunk_size = chunk_size
+        self.segment_config = segment_config
+        self.threads = threads
+        self.stats = ScoreStats()
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def prompt_ids(self, question: str) -> list[int]:
+        tokenizer = self.tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+            )
+        else:
+            text = question + "\n\n"
+        ids = tokenizer(text + THINK_OPEN, add_special_tokens=False)["input_ids"]
+        if not ids:  # the first trace token needs a position to be predicted from
+            ids = [tokenizer.bos_token_id or tokenizer.eos_token_id or 0]
+        return ids[-(self.window // 2) :]
+
+    def _windows(self, record: int, prompt: list[int], trace_ids: list[int]) -> list[_Window]:
+        available = self.window - len(prompt)
+        windows, start = [], 0
+        while start < len(trace_ids):
+            context = max(0, start - self.overlap) if start else 0
+            end = min(len(trace_ids), context + available)
+            targets = np.arange(start, end)
+            positions = len(prompt) + (targets - context) - 1
+            windows.append(_Window(record, prompt + trace_ids[context:end], positions, targets))
+            start = end
+        return windows
+
+    @torch.inference_mode()
+    def _score_batch(self, windows: list[_Window], out: list[tuple[np.ndarray, np.ndarray]]):
+        store = TokenStore([w.input_ids for w in windows], device=self.device)
+        batch = store.pack(range(len(windows)))
+        hidden = self.model.base_model(**batch.model_kwargs()).last_hidden_state[0]  # [T, H]
+        starts = np.concatenate([[0], np.cumsum(batch.seq_lengths)[:-1]])
+        rows = np.concatenate(
+            [start + w.positions for start, w in zip(starts, windows, strict=True)]
+        )
+        next_ids = np.concatenate([np.asarray(w.input_ids)[w.positions + 1] for w in windows])
+        rows_t = torch.from_numpy(rows).to(self.device)
+        targets = torch.from_numpy(next_ids).to(self.device)
+        scores = token_scores(
+            hidden.index_select(0, rows_t), self.head.weight, targets, chunk_size=self.chunk_size
+        )
+        surprisal = scores.surprisal.cpu().numpy()
+        entropy = scores.entropy.cpu().numpy()
+        offset = 0
+        for window in windows:
+            n = len(window.targets)
+            out[window.record][0][window.targets] = surprisal[offset : offset + n]
+            out[window.record][1][window.targets] = entropy[offset : offset + n]
+            offset += n
+        self.stats.input_tokens += batch.num_tokens
+        self.stats.scored_tokens += offset
+        self.stats.windows += len(windows)
+
+    def score(self, traces: list[Trace]) -> list[RecordScores]:
+        """Token and step scores for each trace (in order)."""
+        tic = time.perf_counter()
+        encoded = self.tokenizer(
+            [t.trace for t in traces], add_special_tokens=False, return_offsets_mapping=True
+        )
+        results = [
+            (np.zeros(len(ids), np.float32), np.zeros(len(ids), np.float32))
+            for ids in encoded["input_ids"]
+        ]
+        pending: list[_Window] = []
+        pending_tokens = 0
+        for index, (trace, ids) in enumerate(zip(traces, encoded["input_ids"], strict=True)):
+            for window in self._windows(index, self.prompt_ids(trace.question), list(ids)):
+                size = len(window.input_ids)
+                if pending and pending_tokens + size > self.budget:
+                    self._score_batch(pending, results)
+                    pending, pending_tokens = [], 0
+                pending.append(window)
+                pending_tokens += size
+        if pending:
+            self._score_batch(pending, results)
+
+        missing = [i for i, t in enumerate(traces) if t.steps is None]
+        segmented = segment_steps(
+            [traces[i].trace for i in missing], self.threads, config=self.segment_config
+        )
+        steps_of = dict(zip(missing, segmented, strict=True))
+        records = []
+        for index, trace in enumerate(traces):
+            offsets = np.asarray(encoded["offset_mapping"][index], dtype=np.int32).reshape(-1, 2)
+            steps = steps_of.get(index)
+            if steps is None:
+                steps = np.asarray(trace.steps, dtype=np.int64).reshape(-1, 2)
+            surprisal, entropy = results[index]
+            owner = token_steps(offsets, steps)
+            step_scores = {}
+            for name, values in (("surprisal", surprisal), ("entropy", entropy)):
+                for reduction, array in step_reduce(values, owner, len(steps)).items():
+                    step_scores[f"step_{name}_{reduction}"] = array
+            answer = trace.gold or extract_answer(trace.answer)
+            records.append(
+                RecordScores(
+                    id=trace.id,
+                    token_ids=np.asarray(encoded["input_ids"][index], dtype=np.int32),
+                    offsets=offsets,
+                    surprisal=surprisal,
+                    entropy=entropy,
+                    protected=protected_tokens(trace.trace, offsets, answer),
+                    steps=steps,
+                    step_scores=step_scores,
+                )
+            )
+        self.stats.records += len(traces)
+        self.stats.seconds += time.perf_counter() - tic
+        return records

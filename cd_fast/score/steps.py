@@ -1,0 +1,24 @@
+"""Step scores: map the scorer's tokens onto the segmenter's steps and reduce per step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def token_steps(token_offsets: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """int64 [n_tokens]: the step holding each token's first character (steps cover the text)."""
+    if not len(steps):
+        return np.zeros(len(token_offsets), dtype=np.int64)
+    index = np.searchsorted(steps[:, 0], token_offsets[:, 0], side="right") - 1
+    return np.clip(index, 0, len(steps) - 1)
+
+
+def step_reduce(values: np.ndarray, step_of_token: np.ndarray, n_steps: int) -> dict:
+    """Per-step sum, mean and max of token values (steps without tokens: 0)."""
+    total = np.bincount(step_of_token, weights=values, minlength=n_steps).astype(np.float32)
+    count = np.bincount(step_of_token, minlength=n_steps)
+    peak = np.full(n_steps, -np.inf, dtype=np.float64)
+    np.maximum.at(peak, step_of_token, values)
+    peak[count == 0] = 0.0
+    mean = np.divide(total, count, out=np.zeros(n_steps, dtype=np.float32), where=count > 0)
+    return {"sum": total, "mean": mean.astype(np.float32), "max": peak.astype(np.float32)}

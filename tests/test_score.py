@@ -1,0 +1,172 @@
+"""Token scoring with the real SmolLM2: kernel scores equal the model's own logits, mean
+surprisal equals its loss, long traces in windows, protection, step scores, the CLI and resume."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cd_fast.data import Trace, TraceReader
+from cd_fast.score import (
+    Scorer,
+    ScoreStore,
+    extract_answer,
+    protected_chars,
+    step_reduce,
+    token_steps,
+)
+
+
+def gsm8k_traces(shared_data, count):
+    reader = TraceReader(shared_data / "gsm8k" / "test.jsonl")
+    return [t for _, t in zip(range(count), reader, strict=False)]
+
+
+def model_scores(model, prompt, trace_ids):
+    """Surprisal/entropy of the trace tokens from the model's full logits (SDPA, float64)."""
+    ids = torch.tensor([prompt + trace_ids])
+    model.set_attn_implementation("sdpa")
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].double()
+            labels = ids.clone()
+            labels[0, : len(prompt)] = -100
+            loss = model(input_ids=ids, labels=labels).loss.item()
+    finally:
+        from cd_fast.train import register
+
+        model.set_attn_implementation(register())
+    log_probs = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
+    surprisal = -log_probs.gather(1, torch.tensor(trace_ids)[:, None])[:, 0]
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return surprisal.numpy(), entropy.numpy(), loss
+
+
+def test_kernel_scores_equal_the_models_logits(smollm2, shared_data):
+    model, tokenizer = smollm2
+    (trace,) = gsm8k_traces(shared_data, 1)
+    scorer = Scorer(model, tokenizer)
+    (record,) = scorer.score([trace])  # the Triton kernel, under the interpreter on the CPU
+    prompt = scorer.prompt_ids(trace.question)
+    surprisal, entropy, loss = model_scores(model, prompt, record.token_ids.tolist())
+    assert np.abs(record.surprisal - surprisal).max() < 1e-3
+    assert np.abs(record.entropy - entropy).max() < 1e-3
+    assert abs(record.surprisal.mean() - loss) < 1e-4 * max(1.0, loss)
+    text = trace.trace  # offsets index the trace: the tokens' characters give it back
+    covered = "".join(text[a:b] for a, b in record.offsets)
+    assert "".join(covered.split()) == "".join(text.split())
+    assert (np.diff(record.offsets[:, 0]) >= 0).all() and record.offsets.max() <= len(text)
+
+
+def test_packed_batch_equals_one_at_a_time(smollm2, shared_data, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # torch reduction: fast on the CPU
+    model, tokenizer = smollm2
+    traces = gsm8k_traces(shared_data, 4)
+    together = Scorer(model, tokenizer).score(traces)
+    for trace, packed in zip(traces, together, strict=True):
+        (alone,) = Scorer(model, tokenizer).score([trace])
+        assert np.allclose(packed.surprisal, alone.surprisal, atol=2e-4)
+
+
+def test_long_traces_are_scored_in_windows(smollm2, shared_data, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model, tokenizer = smollm2
+    folder = shared_data / "qwen3-8b-thinking"
+    reader = TraceReader(folder / "qwen3-8b__think-on.jsonl", prompts=folder / "items.json")
+    trace = next(iter(reader))
+    full = Scorer(model, tokenizer).score([trace])[0]
+    windowed_scorer = Scorer(model, tokenizer, window=256, overlap=32)
+    windowed = windowed_scorer.score([trace])[0]
+    prompt = len(windowed_scorer.prompt_ids(trace.question))
+    first = 256 - prompt  # tokens of the first window see the same context
+    assert windowed_scorer.stats.windows >= 3
+    assert np.allclose(windowed.surprisal[:first], full.surprisal[:first], atol=2e-4)
+    assert (windowed.surprisal[first:] > 0).all()  # every later token scored too
+    assert np.corrcoef(windowed.surprisal, full.surprisal)[0, 1] > 0.8
+
+
+def test_protection_flags():
+    text = "So x = 3 + 4, and the double-check gives $a^2$ then 1,000 apples. \\boxed{7}"
+    keep = protected_chars(text, answer="apples")
+    assert keep[text.index("x")] and keep[text.index("=")] and keep[text.index("3")]
+    assert not keep[text.index("double-check") + 6]  # the hyphen inside a word
+    assert keep[text.index("$a^2$") : text.index("$a^2$") + 5].all()
+    assert keep[text.rindex("7")] and not keep[text.index("the")]
+    assert keep[text.index("apples") : text.index("apples") + 6].all()
+
+
+def test_extract_answer():
+    assert extract_answer("so it is \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
+    assert extract_answer("blah\n\nAnswer: 670") == "670"
+    assert extract_answer("Janet sells 9 eggs.\n#### 18") == "18"
+    assert extract_answer("The total is 1,234 apples") == "1,234"
+    assert extract_answer("no digits here") is None and extract_answer(None) is None
+
+
+def test_step_reduce():
+    offsets = np.array([[0, 3], [3, 6], [7, 9], [9, 12], [15, 18]])
+    steps = np.array([[0, 7], [7, 15], [15, 20], [20, 25]])
+    owner = token_steps(offsets, steps)
+    assert owner.tolist() == [0, 0, 1, 1, 2]
+    reduced = step_reduce(np.array([1.0, 3.0, 2.0, 2.0, 5.0]), owner, 4)
+    assert reduced["sum"].tolist() == [4.0, 4.0, 5.0, 0.0]
+    assert reduced["mean"].tolist() == [2.0, 2.0, 5.0, 0.0]
+    assert reduced["max"].tolist() == [3.0, 2.0, 5.0, 0.0]
+
+
+def cdfast(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "cd_fast.cli", *map(str, args)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_scores_real_traces_and_resumes(smollm2_path, shared_data, tmp_path):
+    folder = shared_data / "qwen3-8b-thinking"
+    out = tmp_path / "scores"
+    args = [
+        "score", folder / "qwen3-8b__think-on.jsonl", "--prompts", folder / "items.json",
+        "--model", smollm2_path, "-o", out, "--limit", "2", "--shard-size", "1",
+    ]  # fmt: skip
+    first = cdfast(*args)
+    assert first.returncode == 0, first.stderr
+    assert "scored 2 records" in first.stdout and "tokens/s" in first.stdout
+    records = list(ScoreStore(out))
+    assert [r.id for r in records] == ["arith-00-0", "arith-00-1"]
+    traces = {t.id: t for t in TraceReader(folder / "qwen3-8b__think-on.jsonl",
+                                           prompts=folder / "items.json")}  # fmt: skip
+    for record in records:
+        trace = traces[record.id]
+        assert len(record.token_ids) > 100 and np.isfinite(record.surprisal).all()
+        assert record.steps[-1, 1] == len(trace.trace)
+        assert np.isclose(record.step_scores["step_surprisal_sum"].sum(), record.surprisal.sum(),
+                          rtol=1e-4)  # fmt: skip
+        digits = [i for i, (a, b) in enumerate(record.offsets) if any(
+            c.isdigit() for c in trace.trace[a:b])]  # fmt: skip
+        assert record.protected[digits].all()
+    saved = (out / "shard-00001.parquet").read_bytes()
+
+    again = cdfast(*args)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    (out / "shard-00001.parquet").unlink()
+    resumed = cdfast(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "scored 1 records" in resumed.stdout  # only the missing shard
+    assert [r.id for r in ScoreStore(out)] == ["arith-00-0", "arith-00-1"]
+    assert len((out / "shard-00001.parquet").read_bytes()) == len(saved)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["total_shards"] == 2 and manifest["records"] == 2
+
+
+def test_trace_with_given_steps_keeps_them(smollm2, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model, tokenizer = smollm2
+    trace = Trace(id="t", question="What is 2+3?", trace="Two plus three. It is 5.",
+                  steps=[[0, 15], [15, 24]])  # fmt: skip
+    (record,) = Scorer(model, tokenizer).score([trace])
+    assert record.steps.tolist() == [[0, 15], [15, 24]]
+    assert len(record.step_scores["step_entropy_mean"]) == 2
