@@ -170,3 +170,23 @@ def test_trace_with_given_steps_keeps_them(smollm2, monkeypatch):
     (record,) = Scorer(model, tokenizer).score([trace])
     assert record.steps.tolist() == [[0, 15], [15, 24]]
     assert len(record.step_scores["step_entropy_mean"]) == 2
+
+
+def test_torchrun_ranks_split_the_shards(smollm2, shared_data, tmp_path, monkeypatch):
+    from cd_fast.score import ScoreConfig, score_file
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    config = ScoreConfig(model="smollm2", shard_size=1)
+    out = tmp_path / "scores"
+    written = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        reader = TraceReader(shared_data / "gsm8k" / "test.jsonl")
+        scorer = score_file(reader, out, config, limit=3, loaded=smollm2)
+        written[rank] = scorer.stats.records
+        if rank == 0:
+            with pytest.raises(ValueError, match="2 of 3 shards"):
+                ScoreStore(out)
+    assert written == {0: 2, 1: 1}  # shards 0, 2 and shard 1
+    assert [r.id for r in ScoreStore(out)] == ["test:1", "test:2", "test:3"]

@@ -37,8 +37,11 @@ def score_file(
     resume: bool = False,
     on_progress: Callable[[int], None] | None = None,
     limit: int | None = None,
+    loaded: tuple[Any, Any] | None = None,
 ) -> Scorer:
-    """Score every record `reader` yields into `output` (a folder of shards + manifest)."""
+    """Score every record `reader` yields into `output` (a folder of shards + manifest).
+
+    `loaded` is an already loaded (model, tokenizer) to use instead of `config.model`'s."""
     rank, world, local_rank = distributed_rank()
     device = config.device
     if device is None and torch.cuda.is_available():
@@ -53,7 +56,7 @@ def score_file(
         "overlap": config.overlap,
         "limit": limit,
     }
-    existing = read_manifest(output)
+    existing = read_manifest(output) if rank == 0 else None  # rank 0 checks and starts the run
     if existing is not None:
         if not resume:
             raise ValueError(f"{output} already holds scores; pass --resume to continue it")
@@ -66,7 +69,7 @@ def score_file(
     elif rank == 0:
         write_manifest(output, manifest)
 
-    model, tokenizer = load_causal_lm(config.model, device=device)
+    model, tokenizer = loaded or load_causal_lm(config.model, device=device)
     scorer = Scorer(
         model,
         tokenizer,
