@@ -158,6 +158,8 @@ def test_cli_scores_real_traces_and_resumes(smollm2_path, shared_data, tmp_path)
     assert "scored 1 records" in resumed.stdout  # only the missing shard
     assert [r.id for r in ScoreStore(out)] == ["arith-00-0", "arith-00-1"]
     assert len((out / "shard-00001.parquet").read_bytes()) == len(saved)
+    by_id = ScoreStore(out).by_id()
+    assert np.allclose(by_id["arith-00-1"].surprisal, records[1].surprisal, atol=1e-5)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["total_shards"] == 2 and manifest["records"] == 2
 

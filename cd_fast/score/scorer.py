@@ -11,7 +11,7 @@ context, and scores only the tokens it adds.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,7 +65,6 @@ class ScoreStats:
     scored_tokens: int = 0
     windows: int = 0
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Scorer:

@@ -191,7 +191,7 @@ def varlen_attention(
         if "is_causal" in params and window is None:
             options["is_causal"] = causal
         else:
-            options["window_size"] = (left, 0 if causal else -1)
+            options["window_size"] = (left, 0 if causal else left)
         return _torch_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **options)
     if backend == "sdpa":
         return _sdpa_varlen(q, k, v, cu_seqlens.tolist(), scale, causal, window)
