@@ -58,15 +58,12 @@ def _token_scores_kernel(
 ):
     i_t = tl.program_id(0).to(tl.int64)
     y = tl.load(p_targets + i_t)
-    if y == IGNORE:
-        tl.store(p_surprisal + i_t, 0.0)
-        tl.store(p_entropy + i_t, 0.0)
-        return
+    skip = y == IGNORE
     p_row = p_logits + i_t * stride_t
     b_m = tl.full((), float("-inf"), dtype=tl.float32)
     b_s = tl.zeros((), dtype=tl.float32)
     b_a = tl.zeros((), dtype=tl.float32)
-    for v0 in range(0, V, BLOCK_V):
+    for v0 in range(0, tl.where(skip, 0, V), BLOCK_V):  # skipped rows read nothing
         o_v = v0 + tl.arange(0, BLOCK_V)
         m_v = o_v < V
         b_x = tl.load(p_row + o_v, mask=m_v, other=float("-inf")).to(tl.float32)  # [BLOCK_V]
@@ -76,10 +73,11 @@ def _token_scores_kernel(
         b_s = b_s * b_scale + tl.sum(b_e, axis=0)
         b_a = b_a * b_scale + tl.sum(b_e * tl.where(m_v, b_x, 0.0), axis=0)
         b_m = b_m_new
-    b_lse = b_m + tl.log(b_s)
-    b_target = tl.load(p_row + y).to(tl.float32)
-    tl.store(p_surprisal + i_t, b_lse - b_target)
-    tl.store(p_entropy + i_t, b_lse - b_a / b_s)
+    b_s = tl.where(skip, 1.0, b_s)  # skipped rows: keep the arithmetic finite, output 0 below
+    b_lse = tl.where(skip, 0.0, b_m) + tl.log(b_s)
+    b_target = tl.load(p_row + tl.where(skip, 0, y)).to(tl.float32)
+    tl.store(p_surprisal + i_t, tl.where(skip, 0.0, b_lse - b_target))
+    tl.store(p_entropy + i_t, tl.where(skip, 0.0, b_lse - b_a / b_s))
 
 
 def _reduce_chunk_torch(logits: torch.Tensor, targets: torch.Tensor, out: TokenScores) -> None:
