@@ -344,7 +344,7 @@ def test_accepts_any_iterable_of_str():
 def test_gil_is_released_during_segmentation():
     """While a worker thread is inside segment_steps, this thread keeps running Python: with the
     GIL held, its timeline would show one gap as long as the whole call."""
-    text = "Wait, let me check this sentence again. So the total is 3.14 here.\n\n" * 20_000
+    text = "Wait, let me check this sentence again. So the total is 3.14 here.\n\n" * 80_000
     texts = [text] * 8
     call = {}
 
