@@ -47,6 +47,16 @@ def fetch_smollm2(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
+def chat_prompt(tokenizer: Any, question: str) -> str:
+    """The question as a user turn through the tokenizer's chat template, ready for the reply
+    (plain "question\n\n" for tokenizers without a template)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+    return question + "\n\n"
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -20,6 +20,7 @@ import torch
 from cd_fast.data import Trace
 from cd_fast.kernels.pack import TokenStore
 from cd_fast.kernels.token_scores import token_scores
+from cd_fast.models import chat_prompt
 from cd_fast.score.protect import extract_answer, protected_tokens
 from cd_fast.score.steps import step_reduce, token_steps
 from cd_fast.score.store import RecordScores
@@ -104,13 +105,8 @@ class Scorer:
 
     def prompt_ids(self, question: str) -> list[int]:
         tokenizer = self.tokenizer
-        if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-            )
-        else:
-            text = question + "\n\n"
-        ids = tokenizer(text + THINK_OPEN, add_special_tokens=False)["input_ids"]
+        text = chat_prompt(tokenizer, question) + THINK_OPEN
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:  # the first trace token needs a position to be predicted from
             ids = [tokenizer.bos_token_id or tokenizer.eos_token_id or 0]
         return ids[-(self.window // 2) :]

@@ -153,3 +153,15 @@ def plan_steps(
     if overlong != "truncate":
         raise ValueError("plan_steps returns sample indices; use StepPlanner for overlong='split'")
     return StepPlanner(lengths, max_tokens_per_step, seed=seed).epoch_plan(0)
+
+
+def split_step(pieces: Sequence[Piece], parts: int) -> list[list[Piece]]:
+    """Deal one step's pieces into `parts` micro-batches of near-equal tokens (longest first,
+    each to the lightest part); deterministic. A part may be empty when pieces are few."""
+    loads = [(0, part) for part in range(parts)]
+    out: list[list[Piece]] = [[] for _ in range(parts)]
+    for piece in sorted(pieces, key=lambda p: (-p.length, p.index, p.start)):
+        load, part = loads.pop(0)
+        out[part].append(piece)
+        bisect.insort(loads, (load + piece.length, part))
+    return out

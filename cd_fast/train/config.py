@@ -1,0 +1,130 @@
+"""TrainConfig: every option of `cdfast train` / `cd_fast.train.Trainer`, named as in TRL."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+DEFAULT_TARGET_TEMPLATE = "<think>\n{trace}\n</think>\n\n{answer}"
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
+OPTIMIZERS = ("adamw", "adamw_8bit")
+NAN_POLICIES = ("stop", "skip")
+EXPORTS = ("auto", "merged", "adapter", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run. Fields map one to one onto `cdfast train --flag-name`."""
+
+    output_dir: str
+    """Checkpoints, metrics.jsonl, the final export and train_config.json go here."""
+    learning_rate: float = 2e-5
+    """Peak learning rate (LoRA/QLoRA usually want ~1e-4 to 2e-4)."""
+    num_train_epochs: float = 1.0
+    """Passes over the data; ignored when max_steps > 0."""
+    max_steps: int = -1
+    """Optimizer steps to run (> 0 overrides num_train_epochs)."""
+    warmup_ratio: float = 0.0
+    """Fraction of the steps spent warming the learning rate up linearly."""
+    lr_scheduler_type: str = "cosine"
+    """Learning-rate schedule after warm-up (transformers' get_scheduler)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay on matrices (not on norms and biases)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (<= 0: no clipping, norm still logged)."""
+    adam_beta1: float = 0.9
+    """AdamW first-moment decay."""
+    adam_beta2: float = 0.999
+    """AdamW second-moment decay."""
+    adam_epsilon: float = 1e-8
+    """AdamW denominator epsilon."""
+    optim: str = "adamw"
+    """"adamw" (torch, fused on CUDA and CPU) or "adamw_8bit" (bitsandbytes, CUDA)."""
+    max_tokens_per_step: int = 16384
+    """Tokens per optimizer step, summed over micro-batches and ranks (no padding)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per step and rank: each holds ~max_tokens_per_step / (accum * ranks)."""
+    max_seq_length: int = 4096
+    """Longer samples are cut to this many tokens (their tail, the answer, is lost: counted)."""
+    logging_steps: int = 10
+    """Write a metrics row every N steps (the only place the loop reads device values)."""
+    save_steps: int = 500
+    """Checkpoint every N steps and at the end (0: only on SIGTERM)."""
+    save_total_limit: int | None = 2
+    """Keep this many most recent checkpoints (None: all)."""
+    seed: int = 42
+    """Seeds model init, LoRA init, dropout and the data order."""
+    bf16: bool | None = None
+    """bf16 weights and compute (default: on for CUDA, off for CPU)."""
+    master_weights: bool = True
+    """With bf16: fp32 master weights and fp32 AdamW states (16 bytes per trained parameter);
+    False trains pure bf16 (8 bytes per parameter, less exact updates)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder block in the backward pass (less memory, ~30% more compute)."""
+    lora_r: int = 0
+    """LoRA rank; 0 trains every weight (full fine-tune)."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] | str = "all-linear"
+    """Module names that get adapters ("all-linear": every linear layer but the LM head)."""
+    load_in_4bit: bool = False
+    """QLoRA: NF4 base weights with double quantisation (needs lora_r > 0)."""
+    liger: bool | None = None
+    """Liger RMSNorm/RoPE/SwiGLU patches and fused linear cross entropy (default: on CUDA)."""
+    compile: bool = False
+    """torch.compile each decoder block."""
+    target_template: str = DEFAULT_TARGET_TEMPLATE
+    """The supervised target; {trace} and {answer} are filled per record, EOS appended."""
+    nan_policy: str = "stop"
+    """On a non-finite loss: "stop" (checked at each log, names the step and samples) or "skip"
+    the step (one host sync per step)."""
+    max_memory: float | None = None
+    """GiB the run may use on the device: picks micro-batch size and checkpointing, or fails."""
+    export: str = "auto"
+    """Final model: "merged" weights, the LoRA "adapter", "auto" (adapter for LoRA), "none"."""
+    device: str | None = None
+    """cuda or cpu (default: cuda when available)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in output_dir."""
+    loss_chunk_size: int = 1024
+    """Tokens per LM-head chunk in the CPU loss (bounds its logits memory)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form values recorded in train_config.json (e.g. data paths)."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr_scheduler_type in SCHEDULERS,
+             f"lr_scheduler_type must be one of {SCHEDULERS}"),
+            (self.optim in OPTIMIZERS, f"optim must be one of {OPTIMIZERS}"),
+            (self.nan_policy in NAN_POLICIES, f"nan_policy must be one of {NAN_POLICIES}"),
+            (self.export in EXPORTS, f"export must be one of {EXPORTS}"),
+            (self.max_tokens_per_step > 0, "max_tokens_per_step must be > 0"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.max_seq_length > 1, "max_seq_length must be > 1"),
+            (self.max_steps > 0 or self.num_train_epochs > 0, "set max_steps or num_train_epochs"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must lie in [0, 1)"),
+            (self.logging_steps >= 1, "logging_steps must be >= 1"),
+            (self.save_steps >= 0, "save_steps must be >= 0"),
+            (self.lora_r >= 0, "lora_r must be >= 0"),
+            (not self.load_in_4bit or self.lora_r > 0, "load_in_4bit (QLoRA) needs lora_r > 0"),
+            (self.save_total_limit is None or self.save_total_limit >= 1,
+             "save_total_limit must be >= 1 (or None to keep all)"),
+            (self.max_memory is None or self.max_memory > 0, "max_memory must be > 0 GiB"),
+            ("{trace}" in self.target_template, "target_template must contain {trace}"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def use_lora(self) -> bool:
+        return self.lora_r > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

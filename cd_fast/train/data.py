@@ -1,0 +1,116 @@
+"""Turning trace records into token sequences: chat-templated prompt + supervised target."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cd_fast.data import Trace, TraceReader
+from cd_fast.models import chat_prompt
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSet:
+    """Tokenised samples: prompt tokens then target tokens (EOS last), loss on the target only."""
+
+    ids: list[str]
+    sequences: list[np.ndarray]
+    prompt_lengths: np.ndarray
+    truncated: list[str] = field(default_factory=list)
+    """ids cut to max_seq_length (their target tail is not trained)."""
+    dropped: list[str] = field(default_factory=list)
+    """ids with no target token left after truncation (not trained at all)."""
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([s.size for s in self.sequences], dtype=np.int64)
+
+    @property
+    def label_tokens(self) -> int:
+        return int((self.lengths - np.maximum(self.prompt_lengths, 1)).sum())
+
+
+def as_traces(data: Any) -> Iterable[Trace]:
+    """Traces from a file path, a TraceReader, Trace objects, dicts or a `datasets.Dataset`."""
+    if isinstance(data, (str, Path)):
+        return TraceReader(data)
+    if isinstance(data, TraceReader):
+        return data
+
+    def convert() -> Iterable[Trace]:
+        for index, item in enumerate(data):
+            if isinstance(item, Trace):
+                yield item
+            elif isinstance(item, Mapping):
+                yield Trace.from_dict(dict(item), source="<data>", location=f"record {index}")
+            else:
+                raise TypeError(f"data[{index}]: expected a Trace or a dict, got {type(item)}")
+
+    return convert()
+
+
+def tokenize_traces(
+    traces: Iterable[Trace],
+    tokenizer: Any,
+    target_template: str,
+    max_seq_length: int,
+    batch_size: int = 256,
+) -> TrainSet:
+    """Prompt = the question through the chat template; target = target_template + EOS."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token_id: the target needs an end token")
+    out = TrainSet(ids=[], sequences=[], prompt_lengths=np.zeros(0, np.int64))
+    prompt_lengths: list[int] = []
+
+    def flush(batch: list[Trace]) -> None:
+        prompts = [chat_prompt(tokenizer, t.question) for t in batch]
+        targets = [target_template.format(trace=t.trace, answer=t.answer or "") for t in batch]
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+        for trace, prompt, target in zip(batch, prompt_ids, target_ids, strict=True):
+            tokens = np.asarray([*prompt, *target, eos], dtype=np.int64)
+            if tokens.size > max_seq_length:
+                tokens = tokens[:max_seq_length]
+                out.truncated.append(trace.id)
+            if tokens.size <= max(len(prompt), 1):
+                out.dropped.append(trace.id)
+                continue
+            out.ids.append(trace.id)
+            out.sequences.append(tokens)
+            prompt_lengths.append(len(prompt))
+
+    batch: list[Trace] = []
+    for trace in traces:
+        batch.append(trace)
+        if len(batch) == batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    out.prompt_lengths = np.asarray(prompt_lengths, dtype=np.int64)
+    if not out.sequences:
+        raise ValueError(
+            "no trainable records: the data is empty or every prompt fills max_seq_length"
+        )
+    if out.truncated:
+        logger.warning(
+            "%d samples are longer than max_seq_length=%d and were truncated (ids: %s)",
+            len(out.truncated), max_seq_length, ", ".join(out.truncated[:10]),
+        )  # fmt: skip
+    if out.dropped:
+        logger.warning(
+            "%d samples dropped: the prompt alone fills max_seq_length (ids: %s)",
+            len(out.dropped), ", ".join(out.dropped[:10]),
+        )  # fmt: skip
+    return out

@@ -1,0 +1,97 @@
+"""Training metrics: FLOPs/MFU, peak memory, and the metrics.jsonl / TensorBoard writers.
+
+MFU = achieved model FLOP/s / peak FLOP/s, with the model FLOPs of a packed batch of
+sequences of lengths l_i (PaLM / nanoGPT accounting, forward + backward, no recompute):
+
+    FLOPs = 6 * N * sum(l_i) + 12 * L * H * Q * sum(l_i ** 2)
+
+i.e. 6N + 12·L·H·Q·Σl²/Σl per token, where N = weights every token is multiplied by (blocks +
+LM head, no embedding lookup), L layers, H query heads, Q head dim. The attention term counts
+the full l x l score matrix, as the papers do (causal kernels do about half of it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cd_fast.train.memory import ModelShape
+
+logger = logging.getLogger(__name__)
+
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "B200": 2250e12}
+
+
+def batch_flops(shape: ModelShape, lengths: list[int]) -> float:
+    attention = 12 * shape.layers * shape.heads * shape.head_dim
+    squares = float(sum(n * n for n in lengths))
+    return 6.0 * shape.matmul_params * sum(lengths) + attention * squares
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of the device, None when unknown (then no MFU is reported)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated device memory (CUDA) or the process's peak resident set (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
+
+
+class MetricsWriter:
+    """Appends one JSON object per logging step to metrics.jsonl (and TensorBoard if installed)."""
+
+    def __init__(self, output_dir: Path, enabled: bool):
+        self.path = output_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.tensorboard = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.info("tensorboard is not installed: metrics go to %s only", self.path)
+        else:
+            self.tensorboard = SummaryWriter(str(output_dir / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop lines logged after the checkpoint (they will be logged again)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"train/{key}", value, row["step"])
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()

@@ -1,0 +1,163 @@
+"""Building the trained model: load, Liger patches, LoRA / QLoRA, checkpointing, compile."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cd_fast.kernels import PackedBatch
+from cd_fast.train.attention import register
+from cd_fast.train.config import TrainConfig
+from cd_fast.train.loss import linear_cross_entropy_sum
+
+logger = logging.getLogger(__name__)
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers causal LM inside a peft wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    decoder = causal_lm(model).get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(decoder).__name__} has no `layers` list of decoder blocks")
+    return layers
+
+
+def load_model(
+    spec: str | Path, config: TrainConfig, device: torch.device, dtype: torch.dtype
+) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) from a local folder, hub id or .gguf file, QLoRA-quantised if asked."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(spec)
+    options: dict[str, Any] = {}
+    source: str | Path = spec
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such .gguf file")
+        if config.load_in_4bit:
+            raise ValueError(
+                f"{path}: QLoRA (load_in_4bit) needs safetensors weights; convert the .gguf first "
+                "(AutoModelForCausalLM.from_pretrained(dir, gguf_file=...).save_pretrained(out))"
+            )
+        source, options["gguf_file"] = path.parent, path.name
+    tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    if config.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=dtype,
+        )
+        options["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, attn_implementation=register(), **options
+    )
+    return model.to(device) if not config.load_in_4bit else model, tokenizer
+
+
+def apply_liger(model: nn.Module, explicit: bool) -> bool:
+    """Liger RMSNorm/RoPE/SwiGLU kernels in place (the loss is fused separately)."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        if explicit:
+            raise ImportError("liger=True but liger-kernel is not installed") from None
+        logger.warning("liger-kernel is not installed: RMSNorm/RoPE/SwiGLU run unfused")
+        return False
+    _apply_liger_kernel_to_instance(
+        model=causal_lm(model),
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
+    )
+    return True
+
+
+def add_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    # No prepare_model_for_kbit_training: it upcasts the LM head and norms to fp32.
+    return get_peft_model(model, lora)
+
+
+def prepare_model(
+    model: nn.Module | str | Path,
+    config: TrainConfig,
+    device: torch.device,
+    tokenizer: Any = None,
+) -> tuple[nn.Module, Any]:
+    """Load (or take) the model and make it trainable as `config` says."""
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    if isinstance(model, (str, Path)):
+        model, loaded_tokenizer = load_model(model, config, device, dtype)
+        tokenizer = tokenizer or loaded_tokenizer
+    else:
+        if config.load_in_4bit:
+            raise ValueError("QLoRA quantises while loading: pass a model path, not a model")
+        model.config._attn_implementation = register()
+        model = model.to(device=device, dtype=dtype)
+    model.config.use_cache = False
+    use_liger = config.liger if config.liger is not None else device.type == "cuda"
+    if use_liger:
+        apply_liger(model, explicit=config.liger is True)
+    if config.gradient_checkpointing:
+        lm = causal_lm(model)
+        options = {"use_reentrant": False}
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    if config.use_lora:
+        model = add_lora(model, config)
+    else:
+        model.requires_grad_(True)
+    if config.compile:
+        for layer in decoder_layers(model):
+            layer.compile()
+    model.train()
+    return model, tokenizer
+
+
+class CausalLMLoss(nn.Module):
+    """Decoder + fused LM-head loss: returns the summed next-token loss of a packed batch.
+
+    Wrapping the loss in a module lets DDP see the LM head used outside its own forward.
+    """
+
+    def __init__(self, model: nn.Module, use_liger: bool, chunk_size: int):
+        super().__init__()
+        self.model = model
+        self.use_liger = use_liger
+        self.chunk_size = chunk_size
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        lm = causal_lm(self.model)
+        kwargs = batch.model_kwargs()
+        kwargs.pop("use_cache")
+        hidden = lm.get_decoder()(**kwargs, use_cache=False).last_hidden_state[0]  # [T, H]
+        targets = batch.labels[0, 1:]  # token t predicts t + 1; -100 at sequence starts
+        weight = lm.get_output_embeddings().weight
+        return linear_cross_entropy_sum(
+            hidden[:-1], weight, targets, chunk_size=self.chunk_size, use_liger=self.use_liger
+        )

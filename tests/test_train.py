@@ -1,0 +1,499 @@
+"""The trainer on CPU: tiny random Qwen2/Qwen3/Llama models with SmolLM2's real tokenizer,
+trained on the real Qwen3-8B traces in ../shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cd_fast.data import TraceReader
+from cd_fast.kernels import pack_sequences
+from cd_fast.train import split_step
+from cd_fast.train.config import TrainConfig
+from cd_fast.train.loss import ChunkedLinearCrossEntropy, linear_cross_entropy_sum
+from cd_fast.train.memory import ModelShape, fit_memory
+from cd_fast.train.model import CausalLMLoss, prepare_model
+from cd_fast.train.packing import Piece
+from cd_fast.train.trainer import NonFiniteLossError, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TRACES = "qwen3-8b-thinking/qwen3-8b__think-on.jsonl"
+ITEMS = "qwen3-8b-thinking/items.json"
+
+# LoRA freezes the random head: a wider init gives its logits a range the adapters can use.
+TINY = {
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 16, "initializer_range": 0.3}),
+    "llama": ("LlamaConfig", {"initializer_range": 0.3}),
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(smollm2_path, tmp_path_factory) -> Path:
+    """SmolLM2's real tokenizer (from the .gguf), saved as a tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name)
+    out = tmp_path_factory.mktemp("smollm2-tokenizer")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_tiny(kind: str, tokenizer_dir: Path, out: Path, tied: bool = True) -> Path:
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config_name, extra = TINY[kind]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = getattr(transformers, config_name)(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, vocab_size=len(tokenizer), tie_word_embeddings=tied,
+        max_position_embeddings=4096, **extra,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tokenizer_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {kind: make_tiny(kind, tokenizer_dir, root / kind) for kind in TINY}
+
+
+def traces(shared_data: Path, limit: int = 48) -> list:
+    reader = TraceReader(shared_data / TRACES, prompts=shared_data / ITEMS)
+    return [t for _, t in zip(range(limit), reader, strict=False)]
+
+
+def config(tmp_path: Path, **options) -> TrainConfig:
+    base = dict(
+        output_dir=str(tmp_path / "run"), learning_rate=3e-3, max_steps=6,
+        max_tokens_per_step=1024, max_seq_length=512, logging_steps=1, save_steps=0,
+        lr_scheduler_type="constant", export="none", device="cpu",
+    )  # fmt: skip
+    return TrainConfig(**{**base, **options})
+
+
+# ---- the loss ----
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_chunked_loss_matches_float64_reference(chunk):
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 24, requires_grad=True)
+    weight = torch.randn(1003, 24, requires_grad=True)
+    targets = torch.randint(0, 1003, (37,))
+    targets[::5] = -100
+    loss = linear_cross_entropy_sum(hidden, weight, targets, chunk_size=chunk, use_liger=False)
+    (loss * 0.5).backward()
+    h64 = hidden.detach().double().requires_grad_()
+    w64 = weight.detach().double().requires_grad_()
+    reference = torch.nn.functional.cross_entropy(h64 @ w64.T, targets, reduction="sum")
+    (reference * 0.5).backward()
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - reference.item()) / reference.item() < 1e-5
+    for ours, ref in ((hidden.grad, h64.grad), (weight.grad, w64.grad)):
+        assert torch.isfinite(ours).all()
+        assert (ours.double() - ref).norm() / ref.norm() < 1e-5
+
+
+def test_chunked_loss_frozen_head_and_all_ignored():
+    hidden = torch.randn(5, 8, requires_grad=True)
+    weight = torch.randn(11, 8)  # frozen (LoRA): no [V, H] gradient is formed
+    loss = ChunkedLinearCrossEntropy.apply(hidden, weight, torch.full((5,), -100), 2)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(hidden.grad, torch.zeros_like(hidden))
+    with pytest.raises(ValueError, match="rows"):
+        linear_cross_entropy_sum(hidden, weight, torch.zeros(4, dtype=torch.long))
+
+
+# ---- packed training equals per-sequence training ----
+
+
+@pytest.mark.parametrize("kind", sorted(TINY))
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_loss_and_grads_equal_per_sequence(kind, checkpointing, tiny_models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = config(tmp_path, gradient_checkpointing=checkpointing)
+    model, _ = prepare_model(tiny_models[kind], cfg, torch.device("cpu"))
+    reference = AutoModelForCausalLM.from_pretrained(tiny_models[kind], attn_implementation="eager")
+    rng = np.random.default_rng(1)
+    sequences = [rng.integers(0, 49152, n) for n in (37, 5, 120, 64)]
+    prompts = [10, 0, 30, 63]
+    batch = pack_sequences(sequences, prompts, device="cpu")
+    packed = CausalLMLoss(model, use_liger=False, chunk_size=50)(batch)
+    packed.backward()
+    total = torch.zeros((), dtype=torch.float64)
+    for tokens, prompt in zip(sequences, prompts, strict=True):
+        ids = torch.as_tensor(tokens)[None]
+        labels = ids.clone()
+        labels[0, : max(prompt, 1)] = -100
+        logits = reference(input_ids=ids).logits[0, :-1].double()
+        part = torch.nn.functional.cross_entropy(logits, labels[0, 1:], reduction="sum")
+        part.backward()
+        total += part.detach()
+    expected_labels = sum(len(s) - max(p, 1) for s, p in zip(sequences, prompts, strict=True))
+    assert batch.num_label_tokens == expected_labels
+    assert abs(packed.item() - total.item()) / total.item() < 1e-5
+    ours = dict(model.named_parameters())
+    for name, param in reference.named_parameters():
+        ref = param.grad.double()
+        error = (ours[name].grad.double() - ref).norm() / ref.norm().clamp_min(1e-12)
+        assert error < 1e-4, name
+
+
+# ---- training runs ----
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("qwen2", {}),
+        ("qwen3", {"lora_r": 16, "lora_dropout": 0.1, "learning_rate": 5e-2}),
+        ("llama", {"lora_r": 16, "load_in_4bit": True, "learning_rate": 5e-2}),
+    ],
+    ids=["full-qwen2", "lora-qwen3", "qlora-llama"],
+)
+def test_loss_falls_on_real_traces(kind, options, tiny_models, shared_data, tmp_path):
+    cfg = config(tmp_path, max_steps=8, **options)
+    result = Trainer(tiny_models[kind], traces(shared_data), cfg, progress=False).train()
+    losses = [result.losses[s] for s in sorted(result.losses)]
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < losses[0] - 0.3, losses
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert all(r["tokens_per_s"] > 0 and r["label_tokens"] > 0 for r in rows)
+    assert rows[-1]["loss"] == pytest.approx(losses[-1])
+
+
+def test_qlora_quantises_the_blocks_and_keeps_the_head(tiny_models, tmp_path):
+    import bitsandbytes as bnb
+
+    cfg = config(tmp_path, lora_r=4, load_in_4bit=True)
+    model, _ = prepare_model(tiny_models["llama"], cfg, torch.device("cpu"))
+    base = model.get_base_model()
+    assert isinstance(base.model.layers[0].mlp.up_proj.base_layer, bnb.nn.Linear4bit)
+    assert base.lm_head.weight.dtype == torch.float32  # the compute dtype, not upcast or quantised
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_resume_continues_the_exact_trajectory(tiny_models, shared_data, tmp_path):
+    data = traces(shared_data, 24)
+    options = dict(max_steps=6, save_steps=3, save_total_limit=None, lora_r=8, lora_dropout=0.2,
+                   learning_rate=1e-2, lr_scheduler_type="cosine", warmup_ratio=0.2)  # fmt: skip
+    full = Trainer(tiny_models["qwen3"], data, config(tmp_path / "a", **options), progress=False)
+    straight = full.train()
+    run_a = tmp_path / "a" / "run"
+    assert sorted(p.name for p in run_a.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    # A run killed after step 3 leaves exactly checkpoint-3 behind.
+    run_b = tmp_path / "b" / "run"
+    run_b.mkdir(parents=True)
+    shutil.copytree(run_a / "checkpoint-3", run_b / "checkpoint-3")
+    resumed = Trainer(
+        tiny_models["qwen3"], data, config(tmp_path / "b", resume=True, **options), progress=False
+    ).train()
+    assert sorted(resumed.losses) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert resumed.losses[step] == pytest.approx(straight.losses[step], rel=1e-6, abs=0)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        Trainer(
+            tiny_models["qwen3"], data, config(tmp_path / "a", **options), progress=False
+        ).train()
+
+
+def test_one_step_equals_accumulated_micro_steps(tiny_models, shared_data, tmp_path):
+    data = traces(shared_data, 32)
+    runs = {}
+    for accumulation in (1, 4):
+        cfg = config(tmp_path / str(accumulation), max_steps=2, max_tokens_per_step=4096,
+                     gradient_accumulation_steps=accumulation)  # fmt: skip
+        trainer = Trainer(tiny_models["qwen2"], data, cfg, progress=False)
+        result = trainer.train()
+        runs[accumulation] = (result.losses, dict(trainer.model.named_parameters()))
+    (losses_1, params_1), (losses_4, params_4) = runs[1], runs[4]
+    for step in (1, 2):
+        assert losses_4[step] == pytest.approx(losses_1[step], rel=1e-5)
+    for name, param in params_1.items():
+        assert torch.allclose(params_4[name], param, rtol=1e-4, atol=1e-6), name
+
+
+def test_split_step_balances_micro_batches():
+    pieces = [Piece(i, 0, n) for i, n in enumerate([700, 300, 260, 250, 240, 230, 200, 120, 60])]
+    parts = split_step(pieces, 4)
+    assert sorted(p.index for part in parts for p in part) == list(range(9))
+    loads = [sum(p.length for p in part) for part in parts]
+    assert max(loads) <= sum(loads) / 4 + 700
+    assert split_step(pieces, 4) == parts  # deterministic
+    assert split_step(pieces[:2], 4)[2:] == [[], []]
+
+
+def test_bf16_master_weights_train(tiny_models, shared_data, tmp_path):
+    cfg = config(tmp_path, bf16=True, max_steps=4, learning_rate=1e-2)
+    trainer = Trainer(tiny_models["qwen2"], traces(shared_data, 24), cfg, progress=False)
+    result = trainer.train()
+    assert trainer.masters is not None
+    assert all(m.dtype == torch.float32 for m in trainer.masters.masters)
+    assert all(p.dtype == torch.bfloat16 for p in trainer.masters.params)
+    for master, param in zip(trainer.masters.masters, trainer.masters.params, strict=True):
+        assert torch.equal(master.to(torch.bfloat16), param)
+    losses = [result.losses[s] for s in sorted(result.losses)]
+    assert losses[-1] < losses[0]
+
+
+# ---- exports ----
+
+
+def test_full_export_reloads(tiny_models, shared_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = config(tmp_path, max_steps=2, export="auto")
+    trainer = Trainer(tiny_models["qwen2"], traces(shared_data, 16), cfg, progress=False)
+    result = trainer.train()
+    reloaded = AutoModelForCausalLM.from_pretrained(result.export_path)
+    ids = torch.arange(100, 140)[None]
+    with torch.no_grad():
+        trained = trainer.model.eval()(input_ids=ids).logits
+        assert torch.allclose(reloaded(input_ids=ids).logits, trained, atol=1e-5)
+    assert (result.export_path / "tokenizer.json").is_file()
+
+
+def test_lora_adapter_and_merged_exports_reload(tiny_models, shared_data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = traces(shared_data, 16)
+    ids = torch.arange(100, 140)[None]
+    outputs = {}
+    for export in ("adapter", "merged"):
+        cfg = config(tmp_path / export, max_steps=2, lora_r=8, learning_rate=1e-2, export=export)
+        result = Trainer(tiny_models["qwen3"], data, cfg, progress=False).train()
+        if export == "adapter":
+            assert (result.export_path / "adapter_config.json").is_file()
+            base = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"])
+            model = PeftModel.from_pretrained(base, result.export_path)
+        else:
+            assert not (result.export_path / "adapter_config.json").exists()
+            model = AutoModelForCausalLM.from_pretrained(result.export_path)
+        with torch.no_grad():
+            outputs[export] = model.eval()(input_ids=ids).logits
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"])
+    with torch.no_grad():
+        untrained = base(input_ids=ids).logits
+    assert not torch.allclose(outputs["adapter"], untrained, atol=1e-4)  # the adapter did train
+    assert torch.allclose(outputs["adapter"], outputs["merged"], atol=1e-4)
+
+
+def test_qlora_merged_export_reloads(tiny_models, shared_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = config(tmp_path, max_steps=2, lora_r=4, load_in_4bit=True, export="merged")
+    result = Trainer(tiny_models["llama"], traces(shared_data, 16), cfg, progress=False).train()
+    model = AutoModelForCausalLM.from_pretrained(result.export_path)
+    assert type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.arange(10)[None]).logits).all()
+
+
+# ---- failures ----
+
+
+def test_nan_loss_stops_with_step_and_samples_or_is_skipped(tokenizer_dir, shared_data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = make_tiny("llama", tokenizer_dir, tmp_path / "untied", tied=False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    poison = next(
+        t for t in range(40000, 49152)
+        if tokenizer(" " + tokenizer.decode([t]), add_special_tokens=False)["input_ids"][-1:] == [t]
+    )  # fmt: skip
+    data = [t.to_dict() for t in traces(shared_data, 12)]
+    data[5]["trace"] = tokenizer.decode([poison]) + " " + data[5]["trace"]
+    for policy in ("stop", "skip"):
+        model = AutoModelForCausalLM.from_pretrained(path)
+        with torch.no_grad():
+            model.model.embed_tokens.weight[poison] = float("nan")
+        cfg = config(tmp_path / policy, nan_policy=policy, max_steps=4, max_tokens_per_step=2048)
+        trainer = Trainer(model, data, cfg, tokenizer=tokenizer, progress=False)
+        if policy == "stop":
+            with pytest.raises(
+                NonFiniteLossError, match=r"step \d+: loss is nan.*" + data[5]["id"]
+            ):
+                trainer.train()
+        else:
+            result = trainer.train()
+            assert len(result.skipped_steps) >= 1
+            assert len(result.losses) == 4 - len(result.skipped_steps)
+            assert all(np.isfinite(list(result.losses.values())))
+            assert all(torch.isfinite(p).all() for n, p in model.named_parameters()
+                       if "embed" not in n)  # fmt: skip
+
+
+QWEN25_15B = {
+    "num_hidden_layers": 28, "hidden_size": 1536, "intermediate_size": 8960,
+    "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+    "tie_word_embeddings": True,
+}  # fmt: skip
+
+
+def test_max_memory_picks_checkpointing_then_accumulation_or_fails(tmp_path):
+    from transformers import Qwen2Config
+
+    shape = ModelShape.from_config(Qwen2Config(**QWEN25_15B))
+    cfg = config(tmp_path, bf16=True, max_tokens_per_step=32768, max_seq_length=4096)
+    roomy = fit_memory(shape, cfg, 200, on_cuda=True)
+    assert not roomy.gradient_checkpointing and roomy.gradient_accumulation_steps == 1
+    tight = fit_memory(shape, cfg, 40, on_cuda=True)
+    assert tight.gradient_checkpointing and tight.gradient_accumulation_steps == 1
+    tighter = fit_memory(shape, cfg, 30, on_cuda=True)
+    assert tighter.gradient_checkpointing and tighter.gradient_accumulation_steps > 1
+    assert tighter.total <= 30 * 2**30 < tight.total
+    with pytest.raises(ValueError, match=r"does not fit in max_memory=8 GiB.*QLoRA"):
+        fit_memory(shape, cfg, 8, on_cuda=True)
+    qlora = TrainConfig(**{**cfg.to_dict(), "lora_r": 16, "load_in_4bit": True})
+    assert fit_memory(shape, qlora, 8, on_cuda=True).total < 8 * 2**30
+
+
+# ---- the command line ----
+
+
+def cdfast(*args: str, **options) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "cd_fast.cli", *args], capture_output=True, text=True, env=env,
+        cwd=REPO, timeout=600, **options,
+    )  # fmt: skip
+
+
+def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", str(data / TRACES), "--prompts", str(data / ITEMS), "--model", str(model),
+        "-o", str(out), "--limit", "40", "--max-tokens-per-step", "1024",
+        "--max-seq-length", "512", "--learning-rate", "3e-3", "--logging-steps", "1",
+        "--device", "cpu", "--lr-scheduler-type", "constant", *extra,
+    ]  # fmt: skip
+
+
+def metrics(run: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def test_cli_sigterm_checkpoints_and_resume_matches(tiny_models, shared_data, tmp_path):
+    model = tiny_models["qwen2"]
+    straight = tmp_path / "straight"
+    done = cdfast(*train_args(model, shared_data, straight, "--max-steps", "8", "--export", "none"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "label tokens/s" in done.stdout
+
+    killed = tmp_path / "killed"
+    args = train_args(model, shared_data, killed, "--max-steps", "8", "--export", "none")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "cd_fast.cli", *args]
+    log_file = (tmp_path / "stderr.log").open("w")  # a file: a full pipe would block the child
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log_file
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        log = killed / "metrics.jsonl"
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=300)
+    log_file.close()
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    checkpoints = sorted(killed.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and "resume with --resume" in stderr
+    stopped_at = int(checkpoints[0].name.split("-")[1])
+    assert 2 <= stopped_at < 8
+
+    resumed = cdfast(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, got = metrics(straight), metrics(killed)
+    assert sorted(got) == list(range(1, 9))
+    for step in range(1, 9):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6), step
+
+
+def test_cli_errors_are_one_line(tiny_models, shared_data, tmp_path):
+    model = tiny_models["qwen2"]
+    too_small = cdfast(*train_args(model, shared_data, tmp_path / "m", "--max-memory", "0.001"))
+    assert too_small.returncode == 2
+    assert "does not fit in max_memory=0.001 GiB" in too_small.stderr
+    assert "Traceback" not in too_small.stderr
+    bad = cdfast(*train_args(model, shared_data, tmp_path / "q", "--load-in-4bit"))
+    assert bad.returncode == 2 and "needs lora_r > 0" in bad.stderr
+
+
+def test_two_gloo_processes_match_one(tiny_models, shared_data, tmp_path):
+    model = tiny_models["qwen3"]
+    common = ("--max-steps", "3", "--max-tokens-per-step", "2048", "--export", "none",
+              "--lora-r", "8")  # fmt: skip
+    one = cdfast(*train_args(model, shared_data, tmp_path / "one", *common,
+                             "--gradient-accumulation-steps", "2"))  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", "29533", "-m", "cd_fast.cli",
+         *train_args(model, shared_data, tmp_path / "two", *common)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "train_config.json").read_text())["world_size"] == 2
+    expected, got = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert sorted(got) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5)
+
+
+# ---- GPU (bash bench/gpu.sh runs these on the device) ----
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_liger_loss_matches_chunked_loss_on_gpu():
+    pytest.importorskip("liger_kernel")
+    torch.manual_seed(0)
+    hidden = torch.randn(4097, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(5003, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 5003, (4097,), device="cuda")
+    targets[::7] = -100
+    results = []
+    for use_liger in (True, False):
+        hidden.grad = weight.grad = None
+        loss = linear_cross_entropy_sum(hidden, weight, targets, use_liger=use_liger)
+        loss.backward()
+        results.append((loss.detach(), hidden.grad.float(), weight.grad.float()))
+    (liger_loss, liger_h, liger_w), (torch_loss, torch_h, torch_w) = results
+    assert abs(liger_loss.item() - torch_loss.item()) / torch_loss.item() < 1e-2
+    assert (liger_h - torch_h).norm() / torch_h.norm() < 2e-2
+    assert (liger_w - torch_w).norm() / torch_w.norm() < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_liger_training_on_gpu(tiny_models, shared_data, tmp_path):
+    cfg = config(tmp_path, device="cuda", bf16=True, max_steps=8, max_tokens_per_step=4096)
+    trainer = Trainer(tiny_models["qwen2"], traces(shared_data), cfg, progress=False)
+    result = trainer.train()
+    losses = [result.losses[s] for s in sorted(result.losses)]
+    assert np.mean(losses[-3:]) < losses[0] - 0.3, losses
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["peak_memory_gib"] > 0 for r in rows)
