@@ -19,6 +19,7 @@ native = Pybind11Extension(
 setup(
     packages=[*find_packages(include=["cd_fast", "cd_fast.*"]), "cd_fast.kernels", "cd_fast.bench"],
     package_dir={"cd_fast.kernels": "kernels", "cd_fast.bench": "bench"},
+    package_data={"cd_fast.compress": ["prompts/*.txt"]},
     ext_modules=[native],
     cmdclass={"build_ext": build_ext},
 )

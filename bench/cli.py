@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import attention, pack, segment, token_scores, train
+from . import attention, compress, pack, segment, token_scores, train
 
 BENCHMARKS = {
     "segment": segment,
     "pack": pack,
     "attention": attention,
     "token_scores": token_scores,
+    "compress": compress,
     "train": train,
 }
 

@@ -47,6 +47,18 @@ def fetch_smollm2(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
+def load_tokenizer(spec: str | Path) -> Any:
+    """A tokenizer from a local folder, a hub id or a .gguf file."""
+    from transformers import AutoTokenizer
+
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such .gguf file")
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(spec)
+
+
 def chat_prompt(tokenizer: Any, question: str) -> str:
     """The question as a user turn through the tokenizer's chat template, ready for the reply
     (plain "question\n\n" for tokenizers without a template)."""
@@ -90,4 +102,14 @@ def load_causal_lm(
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=dtype, attn_implementation=attn_implementation or register(), **options
     )
+    if "gguf_file" in options:
+        forget_gguf_quantizer(model)
     return model.to(device).eval(), tokenizer
+
+
+def forget_gguf_quantizer(model: Any) -> None:
+    """A model read from a .gguf holds plain dequantised tensors, but transformers still marks
+    it quantised and refuses to save it; drop the mark so save_pretrained writes safetensors."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config

@@ -96,6 +96,7 @@ def test_wheel_builds_and_imports(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("cd_fast/_C") and n.endswith(".so") for n in names)
     assert "cd_fast/kernels/__init__.py" in names and "cd_fast/bench/segment.py" in names
+    assert {f"cd_fast/compress/prompts/level{n}.txt" for n in (1, 2, 3)} <= set(names)
     assert not any(n.startswith(("kernels/", "bench/", "tests/")) for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from cd_fast.kernels import PackedBatch
+from cd_fast.models import forget_gguf_quantizer
 from cd_fast.train.attention import register
 from cd_fast.train.config import TrainConfig
 from cd_fast.train.loss import linear_cross_entropy_sum
@@ -64,6 +65,8 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=dtype, attn_implementation=register(), **options
     )
+    if "gguf_file" in options:
+        forget_gguf_quantizer(model)
     return model.to(device) if not config.load_in_4bit else model, tokenizer
 
 

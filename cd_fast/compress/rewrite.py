@@ -1,0 +1,193 @@
+"""Generative rewriting backends: an instruct model rewrites each trace from a prompt template.
+
+- LocalRewriter: transformers `generate`, batched with left padding and a KV cache, greedy.
+- HTTPRewriter: any OpenAI-compatible `/v1/chat/completions` server (vLLM, SGLang, llama.cpp
+  server, `transformers serve`), with bounded concurrency, timeouts and retries with backoff.
+- VLLMRewriter: vLLM's offline engine (`vllm.LLM.chat`), when vLLM is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def prompt_template(level: int, path: str | Path | None = None) -> str:
+    """The packaged template of a level (1 delete words, 2 concise, 3 draft), or a user file."""
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+    else:
+        text = (resources.files("cd_fast.compress") / "prompts" / f"level{level}.txt").read_text(
+            encoding="utf-8"
+        )
+    if "{trace}" not in text:
+        raise ValueError(f"{path or f'level{level}.txt'}: the prompt template needs {{trace}}")
+    return text
+
+
+def fill_template(template: str, question: str, trace: str, target_words: int) -> str:
+    values = {"question": question, "trace": trace, "target_words": target_words}
+    # str.replace, not str.format: traces are full of braces (LaTeX, code)
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", str(value))
+    return template
+
+
+class Rewriter(Protocol):
+    def generate(self, prompts: list[str], max_new_tokens: list[int]) -> list[str]: ...
+
+
+class LocalRewriter:
+    """Batched greedy generation with a local transformers model (GPU or CPU)."""
+
+    def __init__(self, spec: str | Path, device: str | None = None, batch_size: int = 8):
+        from cd_fast.models import load_causal_lm
+
+        # generation needs a KV cache: SDPA, not the packed-training attention
+        self.model, self.tokenizer = load_causal_lm(spec, device=device, attn_implementation="sdpa")
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], max_new_tokens: list[int]) -> list[str]:
+        outputs: list[str] = []
+        device = self.model.get_output_embeddings().weight.device
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
+                if getattr(self.tokenizer, "chat_template", None)
+                else p
+                for p in chunk
+            ]
+            encoded = self.tokenizer(
+                texts, return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            generated = self.model.generate(
+                **encoded,
+                max_new_tokens=max(max_new_tokens[start : start + self.batch_size]),
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            new = generated[:, encoded["input_ids"].shape[1] :]
+            for row, limit in zip(
+                new, max_new_tokens[start : start + self.batch_size], strict=True
+            ):
+                outputs.append(self.tokenizer.decode(row[:limit], skip_special_tokens=True).strip())
+        return outputs
+
+
+class HTTPRewriter:
+    """OpenAI-compatible chat completions over HTTP, `concurrency` requests in flight."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 300.0,
+        retries: int = 4,
+        backoff: float = 1.0,
+    ):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+
+    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(
+            self.url, data=json.dumps(payload).encode(), headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return json.loads(response.read())
+
+    def complete(self, prompt: str, max_new_tokens: int) -> str:
+        payload = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_new_tokens,
+            "temperature": 0.0,
+        }
+        for attempt in range(self.retries + 1):
+            try:
+                body = self._post(payload)
+                return (body["choices"][0]["message"]["content"] or "").strip()
+            except urllib.error.HTTPError as error:
+                detail = error.read().decode(errors="replace")[:300]
+                if error.code not in RETRY_STATUS or attempt == self.retries:
+                    raise RuntimeError(f"{self.url}: HTTP {error.code}: {detail}") from None
+                reason = f"HTTP {error.code}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                if attempt == self.retries:
+                    raise RuntimeError(
+                        f"{self.url}: no answer after {self.retries + 1} attempts: {error}"
+                    ) from None
+                reason = str(error)
+            except (KeyError, IndexError, json.JSONDecodeError) as error:
+                raise RuntimeError(f"{self.url}: not an OpenAI chat completion: {error}") from None
+            delay = self.backoff * 2**attempt
+            logger.warning("%s: %s, retry %d in %.1f s", self.url, reason, attempt + 1, delay)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def generate(self, prompts: list[str], max_new_tokens: list[int]) -> list[str]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self.complete, prompts, max_new_tokens))
+
+
+class VLLMRewriter:
+    """vLLM's offline engine: continuous batching over the whole batch of prompts."""
+
+    def __init__(self, spec: str, **engine_options: Any):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise ImportError("backend vllm needs vLLM: pip install vllm") from None
+        self.llm = LLM(model=str(spec), **engine_options)
+
+    def generate(self, prompts: list[str], max_new_tokens: list[int]) -> list[str]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(temperature=0.0, max_tokens=n) for n in max_new_tokens]
+        conversations = [[{"role": "user", "content": p}] for p in prompts]
+        results = self.llm.chat(conversations, params, use_tqdm=False)
+        return [r.outputs[0].text.strip() for r in results]
+
+
+def make_rewriter(config: Any) -> Rewriter:
+    """The backend a CompressConfig asks for."""
+    if config.backend == "local":
+        return LocalRewriter(
+            config.rewriter, device=config.device, batch_size=config.generation_batch_size
+        )
+    if config.backend == "http":
+        return HTTPRewriter(
+            config.base_url, config.rewriter, config.api_key, config.concurrency,
+            config.timeout, config.retries,
+        )  # fmt: skip
+    return VLLMRewriter(config.rewriter)

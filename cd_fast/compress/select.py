@@ -1,0 +1,109 @@
+"""Choosing what to keep: tokens or steps by importance under a token budget, the head of a
+trace, and turning kept character spans back into clean text."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+_NUMERIC = re.compile(r"^-?[\d,]*\.?\d+(?:/\d+)?$")
+
+
+def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping, with touching spans joined."""
+    merged: list[list[int]] = []
+    for start, end in sorted(s for s in spans if s[1] > s[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+def join_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """The kept character spans of `text`, in order. Where text was cut out between two spans, a
+    newline stands in if the cut held one, a space if neither side has whitespace (so words
+    never fuse), nothing otherwise. Slicing by characters never splits a unicode character."""
+    pieces: list[str] = []
+    previous_end = None
+    for start, end in merge_spans(spans):
+        piece = text[start:end]
+        if previous_end is not None and start > previous_end:
+            gap = text[previous_end:start]
+            if "\n" in gap:
+                pieces.append("\n")
+                piece = piece.lstrip(" \t")
+            elif not (text[previous_end - 1].isspace() or text[start].isspace()):
+                pieces.append(" ")
+        pieces.append(piece)
+        previous_end = end
+    return "".join(pieces)
+
+
+def token_spans(offsets: np.ndarray, keep: np.ndarray) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for (a, b), k in zip(offsets, keep, strict=True) if k]
+
+
+def select_tokens(importance: np.ndarray, protected: np.ndarray, keep: int) -> np.ndarray:
+    """bool mask: every protected token, then the most important others up to `keep` in all
+    (ties broken by position, so the choice is deterministic)."""
+    n = importance.size
+    mask = protected.copy()
+    room = keep - int(mask.sum())
+    if room > 0:
+        free = np.flatnonzero(~mask)
+        order = free[np.lexsort((free, -importance[free]))]
+        mask[order[:room]] = True
+    return mask if n else np.zeros(0, dtype=bool)
+
+
+def select_steps(
+    importance: np.ndarray, step_tokens: np.ndarray, must_keep: np.ndarray, budget: int
+) -> np.ndarray:
+    """bool mask over steps: the must-keep steps, then steps in falling importance that still fit
+    the token budget (a step that does not fit is passed over for smaller ones)."""
+    mask = must_keep.copy()
+    used = int(step_tokens[mask].sum())
+    candidates = np.flatnonzero(~mask)
+    for step in candidates[np.lexsort((candidates, -importance[candidates]))]:
+        if used + step_tokens[step] <= budget:
+            mask[step] = True
+            used += int(step_tokens[step])
+    return mask
+
+
+def head_chars(offsets: np.ndarray, keep_tokens: int) -> int:
+    """Character length of the first `keep_tokens` tokens."""
+    if keep_tokens <= 0 or not len(offsets):
+        return 0
+    return int(offsets[min(keep_tokens, len(offsets)) - 1, 1])
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"[\s$]|\\[,!;: ]", "", text).replace("\\left", "").replace("\\right", "")
+
+
+def answer_position(text: str, answer: str | None) -> int | None:
+    """Character offset of the last place `text` states `answer` (numbers match whole, so 72 is
+    not found inside 172 or 7.25, and thousands separators are ignored), or None."""
+    if not answer or not answer.strip():
+        return None
+    answer = answer.strip()
+    if _NUMERIC.match(answer):
+        digits = answer.replace(",", "")
+        number = re.compile(r"(?<![\d.])" + ",?".join(map(re.escape, digits)) + r"(?!\d|\.\d)")
+        matches = list(number.finditer(text))
+        return matches[-1].start() if matches else None
+    at = text.rfind(answer)
+    return at if at >= 0 else None
+
+
+def contains_answer(text: str, answer: str | None) -> bool:
+    """True when `text` states `answer`, literally or up to spacing and LaTeX spacing."""
+    if not answer or not answer.strip():
+        return False
+    if answer_position(text, answer) is not None:
+        return True
+    target = normalise(answer)
+    return bool(target) and not _NUMERIC.match(answer.strip()) and target in normalise(text)
