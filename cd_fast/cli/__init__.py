@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from cd_fast import __version__
-from cd_fast.cli import bench, compress, score, segment, train
+from cd_fast.cli import bench, compress, demo, eval, report, score, segment, train
 from cd_fast.data import DataError
 
-COMMANDS = (segment, score, compress, train, bench)
+COMMANDS = (demo, segment, score, compress, train, eval, report, bench)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -20,8 +20,13 @@ INPUT_HELP = """input layouts (detected on the first record, or --layout):
 """
 
 
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, help=".jsonl, .jsonl.gz, .json or .parquet traces")
+def add_input_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "input",
+        type=Path,
+        nargs=None if required else "?",
+        help=".jsonl, .jsonl.gz, .json or .parquet traces",
+    )
     group = parser.add_argument_group("reading input")
     group.add_argument("--layout", choices=LAYOUTS, default="auto", help="input record layout")
     group.add_argument(

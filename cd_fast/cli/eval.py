@@ -1,0 +1,92 @@
+"""`cdfast eval`: the student answers, math-verify grades, the papers' metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from cd_fast.cli.common import (
+    INPUT_HELP,
+    add_input_arguments,
+    open_reader,
+    progress_bar,
+    report_skips,
+)
+from cd_fast.eval import EvalConfig, compare_table, evaluate
+
+NAME = "eval"
+HELP = "generate with the student, grade with math-verify, report accuracy and output length"
+DESCRIPTION = f"""The student writes its full reasoning and answer for each question (greedy,
+batched, KV cache; --backend vllm when installed). Each response is graded against the record's gold
+answer with math-verify (\\boxed{{}}, "Answer:", "####", numbers with commas, fractions, LaTeX).
+
+RUN_DIR gets predictions.jsonl (graded responses; --resume continues a killed run) and
+metrics.json: accuracy, mean/median output tokens, truncation rate, accuracy per 1k output
+tokens, and with --baseline RUN the papers' ratios: accuracy retained, output-length reduction,
+per-token efficiency gain. --compare RUN... prints several runs side by side (the first is the
+baseline) without generating.
+
+examples:
+  cdfast eval ../shared/data/gsm8k/test.jsonl --model runs/original/final -o evals/original \\
+      --limit 200 --max-new-tokens 1024
+  cdfast eval ../shared/data/gsm8k/test.jsonl --model runs/step30/final -o evals/step30 \\
+      --limit 200 --baseline evals/original
+  cdfast eval --compare evals/original evals/step30 evals/token30
+
+{INPUT_HELP}"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser, required=False)
+    parser.add_argument("--model", help="the student: folder, hub id or .gguf file")
+    parser.add_argument("-o", "--output", type=Path, help="run folder")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N records")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--baseline", type=Path, help="an earlier run folder to compare with")
+    parser.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="runs to tabulate")
+    group = parser.add_argument_group("generation (EvalConfig)")
+    group.add_argument("--max-new-tokens", type=int, default=1024)
+    group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--stop", action="append", default=[], help="extra stop string")
+    group.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    group.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
+    group.add_argument(
+        "--compile", action="store_true", help="CUDA: static KV cache + torch.compile"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.compare:
+        print(compare_table(args.compare))
+        return 0
+    missing = [f for f in ("input", "model", "output") if getattr(args, f) is None]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)} (or use --compare RUN...)")
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be > 0, got {args.limit}")
+    config = EvalConfig(
+        model=args.model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        stop=tuple(args.stop), device=args.device, backend=args.backend, compile=args.compile,
+    )  # fmt: skip
+    reader = open_reader(args)
+    bar = progress_bar(reader, "eval")
+
+    def records():
+        for index, record in enumerate(reader):
+            if args.limit is not None and index >= args.limit:
+                return
+            bar.n = reader.progress
+            bar.refresh()
+            yield record
+
+    try:
+        result = evaluate(records(), args.output, config, resume=args.resume,
+                          baseline=args.baseline)  # fmt: skip
+    finally:
+        bar.close()
+    report_skips(reader)
+    print(json.dumps(result, indent=1))
+    return 0

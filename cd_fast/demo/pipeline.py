@@ -1,0 +1,195 @@
+"""`cdfast demo`: the whole pipeline on an embedded default, end to end, with the real stages.
+
+data (generated, or --traces) -> tokenizer (BPE trained here) -> student trained on the
+original traces, which also serves as the scorer -> segment + score -> compress (token, step,
+truncate; rewrite with --rewriter) -> a student per compressed set, from the same init ->
+eval of every student -> the paper-style table, relative to the original, and plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cd_fast.data import Trace, TraceReader, write_jsonl
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    train: int
+    """Training problems."""
+    eval: int
+    """Held-out problems the students answer."""
+    hidden: int
+    layers: int
+    heads: int
+    epochs: float
+    tokens_per_step: int
+    learning_rate: float
+    max_new_tokens: int
+
+
+SIZES = {
+    "micro": DemoSize(240, 16, 48, 1, 2, 1, 4096, 3e-3, 96),  # the pipeline's smoke test (CI)
+    "tiny": DemoSize(1500, 100, 128, 3, 4, 5, 2048, 3e-3, 224),  # 2 CPU cores, < 10 min
+    "small": DemoSize(6000, 200, 256, 4, 4, 4, 16384, 2e-3, 256),  # a GPU
+    "base": DemoSize(30000, 500, 512, 8, 8, 4, 32768, 1e-3, 256),  # a GPU
+}
+METHODS = (("token", "surprisal"), ("step", "surprisal"), ("truncate", None))
+
+
+def _student_init(tokenizer: Any, size: DemoSize, out: Path) -> Path:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=3 * size.hidden,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads,
+        num_key_value_heads=max(1, size.heads // 2), max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _train(name: str, init: Path, traces: list[Trace], size: DemoSize, out: Path, device: str
+           ) -> dict[str, Any]:  # fmt: skip
+    from cd_fast.train import TrainConfig, Trainer
+
+    config = TrainConfig(
+        output_dir=str(out / f"train-{name}"), learning_rate=size.learning_rate,
+        num_train_epochs=size.epochs, warmup_ratio=0.05, max_tokens_per_step=size.tokens_per_step,
+        max_seq_length=1024, logging_steps=10, save_steps=0, export="merged", device=device,
+        seed=0,
+    )  # fmt: skip
+    print(f"\n== training the student on {name} traces", flush=True)
+    trainer = Trainer(str(init), traces, config)
+    tic = time.perf_counter()
+    result = trainer.train()
+    return {
+        "model": str(result.export_path),
+        "train_label_tokens": trainer.train_set.label_tokens,
+        "train_seconds": round(time.perf_counter() - tic, 2),
+        "train_steps": result.step,
+        "final_loss": round(result.losses[max(result.losses)], 4) if result.losses else None,
+    }
+
+
+def _compress(traces: list[Trace], model_dir: str, size_budget: float, rewriter: str | None,
+              out: Path, device: str) -> dict[str, tuple[list[Trace], dict]]:  # fmt: skip
+    from cd_fast.compress import compress
+    from cd_fast.models import load_causal_lm
+    from cd_fast.score import Scorer
+
+    model, tokenizer = load_causal_lm(model_dir, device=device)
+    scorer = Scorer(model, tokenizer)
+    print("\n== scoring the original traces with the trained student", flush=True)
+    scores = {record.id: record for record in scorer.score(traces)}
+    sets = {}
+    for method, criterion in METHODS:
+        options = {"criterion": criterion} if criterion else {}
+        result = compress(traces, method, size_budget, scorer=scorer, scores=scores, **options)
+        name = f"{method}-{criterion}" if criterion else method
+        sets[name] = (result.records, result.summary)
+    if rewriter:
+        from cd_fast.compress.rewrite import LocalRewriter
+
+        print(f"\n== rewriting with {rewriter}", flush=True)
+        backend = LocalRewriter(rewriter, device=device)
+        result = compress(traces, "rewrite", size_budget, counter=tokenizer, rewriter=backend)
+        sets["rewrite-l2"] = (result.records, result.summary)
+    for name, (records, summary) in sets.items():
+        write_jsonl(out / "data" / f"{name}.jsonl", records)
+        print(f"{name}: ratio {summary['ratio_tokens']:.3f}, answers kept "
+              f"{summary['answers_kept']}/{summary['answers_in_original']}")  # fmt: skip
+    return sets
+
+
+def _split_user_traces(path: Path, size: DemoSize) -> tuple[list[Trace], list[Trace]]:
+    every = list(TraceReader(path))
+    graded = [t for t in every if t.gold]
+    if len(graded) < 2:
+        raise ValueError(f"{path}: the demo needs records with a gold answer to evaluate on")
+    held = max(1, min(size.eval, len(graded) // 5))
+    evaluation = graded[-held:]
+    held_ids = {t.id for t in evaluation}
+    return [t for t in every if t.id not in held_ids], evaluation
+
+
+def run_demo(
+    out: Path,
+    size_name: str = "tiny",
+    traces: Path | None = None,
+    budget: float = 0.5,
+    rewriter: str | None = None,
+    device: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run the pipeline into `out`; returns the results (also in out/demo.json)."""
+    from cd_fast.demo.data import make_dataset
+    from cd_fast.demo.tokenizer import train_tokenizer
+    from cd_fast.eval import EvalConfig, evaluate
+
+    if size_name not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size_name!r}")
+    size = SIZES[size_name]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if traces is None:
+        every = make_dataset(size.train + size.eval, seed)
+        train, evaluation = every[: size.train], every[size.train :]
+    else:
+        train, evaluation = _split_user_traces(traces, size)
+    write_jsonl(out / "data" / "original.jsonl", train)
+    write_jsonl(out / "data" / "eval.jsonl", evaluation)
+    print(f"== data: {len(train)} training traces, {len(evaluation)} held-out questions",
+          flush=True)  # fmt: skip
+    corpus = [f"{t.question}\n<think>\n{t.trace}\n</think>\n\n{t.answer or ''}" for t in train]
+    tokenizer = train_tokenizer(corpus, out / "tokenizer")
+    init = _student_init(tokenizer, size, out / "student-init")
+
+    rows: dict[str, dict[str, Any]] = {"original": _train("original", init, train, size, out,
+                                                          device)}  # fmt: skip
+    sets = _compress(train, rows["original"]["model"], budget, rewriter, out, device)
+    for name, (records, summary) in sets.items():
+        rows[name] = _train(name, init, records, size, out, device)
+        rows[name]["ratio_tokens"] = summary["ratio_tokens"]
+    rows["original"]["ratio_tokens"] = 1.0
+
+    config = EvalConfig(model="", max_new_tokens=size.max_new_tokens, batch_size=64,
+                        device=device)  # fmt: skip
+    for name, row in rows.items():
+        print(f"\n== evaluating the student trained on {name}", flush=True)
+        baseline = out / "eval-original" if name != "original" else None
+        student = dataclasses.replace(config, model=row["model"])
+        metrics = evaluate(evaluation, out / f"eval-{name}", student, baseline=baseline)
+        keys = ("accuracy", "mean_output_tokens", "accuracy_per_1k_tokens", "truncation_rate")
+        row.update({k: metrics[k] for k in keys})
+    results = {
+        "size": size_name,
+        "budget": budget,
+        "device": device,
+        "train_records": len(train),
+        "eval_records": len(evaluation),
+        "seconds": round(time.perf_counter() - started, 1),
+        "runs": rows,
+    }
+    (out / "demo.json").write_text(json.dumps(results, indent=1))
+    from cd_fast.demo.report import write_report
+
+    table = write_report([out], out / "report.md")
+    print("\n" + table)
+    print(f"\nreport: {out / 'report.md'} (plots beside it); total {results['seconds']} s")
+    return results

@@ -1,0 +1,14 @@
+"""Evaluation: grading with math-verify, batched generation, the papers' metrics."""
+
+from cd_fast.eval.grade import final_answer_text, grade
+from cd_fast.eval.run import EvalConfig, compare_table, evaluate, metrics, ratios
+
+__all__ = [
+    "EvalConfig",
+    "compare_table",
+    "evaluate",
+    "final_answer_text",
+    "grade",
+    "metrics",
+    "ratios",
+]

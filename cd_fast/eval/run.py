@@ -1,0 +1,245 @@
+"""`cdfast eval`: the student answers each question in full (reasoning + answer), greedy, in
+batches with a KV cache; each response is graded against the gold answer; metrics are the
+papers': accuracy, output length, truncation, accuracy per 1k output tokens, and the ratios to
+a baseline run (accuracy retained, output-length reduction, per-token efficiency gain).
+
+A run folder holds predictions.jsonl (one graded record per line, appended per batch, so a
+killed run resumes where it stopped) and metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cd_fast.data import AtomicWriter, Trace
+from cd_fast.eval.grade import grade
+from cd_fast.models import chat_prompt
+
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+
+
+@dataclass
+class EvalConfig:
+    """How `cdfast eval` generates; CLI flags map one to one."""
+
+    model: str
+    """The student: folder, hub id or .gguf file."""
+    max_new_tokens: int = 1024
+    """Generation cap; a response that reaches it without stopping counts as truncated."""
+    batch_size: int = 16
+    """Questions generated together."""
+    stop: tuple[str, ...] = ()
+    """Extra stop strings (EOS always stops)."""
+    device: str | None = None
+    """cuda or cpu (default: cuda when available)."""
+    backend: str = "transformers"
+    """transformers (batched generate, KV cache; static cache + compile on CUDA with
+    compile=True) or vllm (offline engine, when installed)."""
+    compile: bool = False
+    """CUDA: static KV cache and torch.compile of the forward pass."""
+
+
+class TransformersGenerator:
+    def __init__(self, config: EvalConfig):
+        from cd_fast.models import load_causal_lm
+
+        self.config = config
+        self.model, self.tokenizer = load_causal_lm(
+            config.model, device=config.device, attn_implementation="sdpa"
+        )
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.device = self.model.get_output_embeddings().weight.device
+        if config.compile and self.device.type == "cuda":
+            self.model.generation_config.cache_implementation = "static"
+            self.model.forward = torch.compile(self.model.forward, mode="reduce-overhead")
+
+    @torch.inference_mode()
+    def __call__(self, questions: list[str]) -> list[tuple[str, int, bool]]:
+        """(response, output tokens, truncated) per question."""
+        prompts = [chat_prompt(self.tokenizer, q) for q in questions]
+        encoded = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        options: dict[str, Any] = {}
+        if self.config.stop:
+            options = {"stop_strings": list(self.config.stop), "tokenizer": self.tokenizer}
+        generated = self.model.generate(
+            **encoded,
+            max_new_tokens=self.config.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **options,
+        )
+        out = []
+        special = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
+        for row in generated[:, encoded["input_ids"].shape[1] :].tolist():
+            tokens = row
+            while tokens and tokens[-1] == self.tokenizer.pad_token_id:
+                tokens = tokens[:-1]
+            stopped = bool(tokens) and tokens[-1] in special
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            stopped = stopped or any(s in text for s in self.config.stop)
+            truncated = not stopped and len(tokens) >= self.config.max_new_tokens
+            out.append((text.strip(), len([t for t in tokens if t not in special]), truncated))
+        return out
+
+
+class VLLMGenerator:
+    def __init__(self, config: EvalConfig):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError:
+            raise ImportError("backend vllm needs vLLM: pip install vllm") from None
+        self.llm = LLM(model=config.model)
+        self.params = SamplingParams(
+            temperature=0.0, max_tokens=config.max_new_tokens, stop=list(config.stop) or None
+        )
+
+    def __call__(self, questions: list[str]) -> list[tuple[str, int, bool]]:
+        conversations = [[{"role": "user", "content": q}] for q in questions]
+        results = self.llm.chat(conversations, self.params, use_tqdm=False)
+        return [
+            (r.outputs[0].text.strip(), len(r.outputs[0].token_ids),
+             r.outputs[0].finish_reason == "length")
+            for r in results
+        ]  # fmt: skip
+
+
+@dataclass
+class Prediction:
+    id: str
+    question: str
+    gold: str | None
+    prediction: str
+    output_tokens: int
+    truncated: bool
+    correct: bool
+
+
+def metrics(predictions: list[dict[str, Any]], baseline: dict[str, Any] | None = None):
+    """Accuracy, output length and truncation; with a baseline run's metrics, the ratios."""
+    count = len(predictions)
+    lengths = [p["output_tokens"] for p in predictions]
+    accuracy = sum(p["correct"] for p in predictions) / count if count else 0.0
+    mean_tokens = statistics.fmean(lengths) if lengths else 0.0
+    out = {
+        "records": count,
+        "accuracy": round(accuracy, 4),
+        "mean_output_tokens": round(mean_tokens, 1),
+        "median_output_tokens": statistics.median(lengths) if lengths else 0,
+        "truncation_rate": round(sum(p["truncated"] for p in predictions) / max(count, 1), 4),
+        "accuracy_per_1k_tokens": round(accuracy / (mean_tokens / 1000), 4) if mean_tokens else 0,
+    }
+    if baseline:
+        out["vs_baseline"] = ratios(out, baseline)
+    return out
+
+
+def evaluate(
+    traces: Iterable[Trace],
+    run_dir: Path,
+    config: EvalConfig,
+    resume: bool = False,
+    baseline: Path | None = None,
+    generator: Callable[[list[str]], list[tuple[str, int, bool]]] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Generate, grade and score every question into `run_dir`; returns the metrics."""
+    path = run_dir / PREDICTIONS
+    if path.exists() and not resume:
+        raise ValueError(f"{run_dir} already holds predictions: pass --resume or a new folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done: list[dict[str, Any]] = []
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        done = [json.loads(x) for x in lines if x.endswith("\n")]
+        with AtomicWriter(path) as handle:  # drop a line cut short by a kill
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
+    finished = {r["id"] for r in done}
+    base = json.loads((Path(baseline) / METRICS).read_text()) if baseline else None
+    if base is not None and "accuracy" not in base:
+        raise ValueError(f"{baseline}/{METRICS} is not a `cdfast eval` metrics file")
+    generate = generator or (
+        VLLMGenerator(config) if config.backend == "vllm" else TransformersGenerator(config)
+    )
+    started = time.perf_counter()
+    pending: list[Trace] = []
+
+    def flush(handle: Any) -> None:
+        responses = generate([t.question for t in pending])
+        for trace, (text, tokens, truncated) in zip(pending, responses, strict=True):
+            record = Prediction(trace.id, trace.question, trace.gold, text, tokens, truncated,
+                                grade(text, trace.gold) if trace.gold else False)  # fmt: skip
+            done.append(asdict(record))
+            handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+        pending.clear()
+
+    with path.open("a", encoding="utf-8") as handle:
+        for index, trace in enumerate(traces):
+            if on_progress is not None:
+                on_progress(index)
+            if trace.id in finished:
+                continue
+            if not trace.gold:
+                raise ValueError(f"record {trace.id!r} has no gold answer to grade against")
+            pending.append(trace)
+            if len(pending) == config.batch_size:
+                flush(handle)
+        if pending:
+            flush(handle)
+    result = metrics(done, base)
+    result.update({"model": config.model, "max_new_tokens": config.max_new_tokens,
+                   "seconds": round(time.perf_counter() - started, 2)})  # fmt: skip
+    with AtomicWriter(run_dir / METRICS) as handle:
+        json.dump(result, handle, indent=1)
+    return result
+
+
+COMPARE_COLUMNS = ("accuracy", "mean_output_tokens", "median_output_tokens", "truncation_rate",
+                   "accuracy_per_1k_tokens")  # fmt: skip
+
+
+def compare_table(run_dirs: list[Path]) -> str:
+    """Markdown table of several eval runs; ratios to the first run as the baseline."""
+    runs = []
+    for run in run_dirs:
+        file = Path(run) / METRICS
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: not a `cdfast eval` run folder")
+        runs.append(json.loads(file.read_text()))
+    header = ["run", *COMPARE_COLUMNS, "accuracy_retained", "length_reduction", "efficiency_gain"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    base = runs[0]
+    for run_dir, run in zip(run_dirs, runs, strict=True):
+        vs = ratios(run, base)
+        cells = [Path(run_dir).name, *(str(run[c]) for c in COMPARE_COLUMNS),
+                 *(str(v if v is not None else "-") for v in vs.values())]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios(run: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
+    """The papers' ratios of a run to a baseline run (their metrics)."""
+    accuracy, tokens = run["accuracy"], run["mean_output_tokens"]
+    base_accuracy, base_tokens = base["accuracy"], base["mean_output_tokens"]
+    return {
+        "accuracy_retained": round(accuracy / base_accuracy, 4) if base_accuracy else None,
+        "output_length_reduction": round(base_tokens / tokens, 3) if tokens else None,
+        "per_token_efficiency_gain": round((accuracy / tokens) / (base_accuracy / base_tokens), 3)
+        if tokens and base_accuracy and base_tokens
+        else None,
+    }

@@ -1,0 +1,67 @@
+"""The demo's generated data, and the whole demo pipeline at its smallest size."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from cd_fast.compress.select import contains_answer
+from cd_fast.demo import make_dataset
+from cd_fast.eval import grade
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_generated_problems_are_verifiable_and_verbose():
+    problems = make_dataset(200, seed=3)
+    assert [p.trace for p in make_dataset(200, seed=3)] == [p.trace for p in problems]
+    assert [p.trace for p in make_dataset(200, seed=4)] != [p.trace for p in problems]
+    for problem in problems:
+        # replay the question's operations: the gold answer is what they give
+        start = int(re.match(r"\w+ has (\d+)", problem.question).group(1))
+        value = start
+        for verb, amount in re.findall(r"(gives away|finds) (\d+)", problem.question):
+            value += int(amount) if verb == "finds" else -int(amount)
+        assert problem.gold == str(value) and value >= 0
+        assert contains_answer(problem.trace, problem.gold)
+        assert grade(problem.answer, problem.gold)
+    text = " ".join(p.trace for p in problems)
+    assert "double-check" in text and "Hmm, maybe" in text and "verify" in text
+
+
+def test_demo_runs_end_to_end_and_reports(tmp_path):
+    # The kernels' own tests cover the Triton interpreter; here it would make the run 8x slower.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "cd_fast.cli", "demo", "--size", "micro", "-o", str(out),
+         "--device", "cpu"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "demo.json").read_text())
+    runs = results["runs"]
+    assert set(runs) == {"original", "token-surprisal", "step-surprisal", "truncate"}
+    for name, run in runs.items():
+        assert f"| {name} |" in done.stdout
+        assert Path(run["model"], "config.json").is_file()
+        assert 0 <= run["accuracy"] <= 1 and run["mean_output_tokens"] > 0
+        assert (out / f"eval-{name}" / "predictions.jsonl").is_file()
+    for name in ("token-surprisal", "step-surprisal", "truncate"):
+        assert runs[name]["train_label_tokens"] < runs["original"]["train_label_tokens"]
+        assert runs[name]["ratio_tokens"] < 0.8
+    assert (out / "report.md").is_file() and list(out.glob("report-0-*.png"))
+
+    report = subprocess.run(
+        [sys.executable, "-m", "cd_fast.cli", "report", str(out), "-o", str(tmp_path / "r.md")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (tmp_path / "r.md").read_text()
+    assert "accuracy / 1k tokens" in text and "r-0-tradeoff.png" in text
+    assert (tmp_path / "r-0-tradeoff.png").stat().st_size > 1000
