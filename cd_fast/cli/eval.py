@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
+
+from tqdm import tqdm
 
 from cd_fast.cli.common import (
     INPUT_HELP,
@@ -72,13 +75,16 @@ def run(args: argparse.Namespace) -> int:
         stop=tuple(args.stop), device=args.device, backend=args.backend, compile=args.compile,
     )  # fmt: skip
     reader = open_reader(args)
-    bar = progress_bar(reader, "eval")
+    if args.limit is None:
+        bar = progress_bar(reader, "eval")
+    else:  # a known number of records: count them, not bytes of the file
+        bar = tqdm(total=args.limit, unit="record", desc="eval", file=sys.stderr)
 
     def records():
         for index, record in enumerate(reader):
             if args.limit is not None and index >= args.limit:
                 return
-            bar.n = reader.progress
+            bar.n = reader.progress if args.limit is None else index + 1
             bar.refresh()
             yield record
 
