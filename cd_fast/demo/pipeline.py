@@ -86,7 +86,7 @@ def _train(name: str, init: Path, traces: list[Trace], size: DemoSize, out: Path
     }
 
 
-def _compress(traces: list[Trace], model_dir: str, size_budget: float, rewriter: str | None,
+def _compress(traces: list[Trace], model_dir: str, budget: float, rewriter: str | None,
               out: Path, device: str) -> dict[str, tuple[list[Trace], dict]]:  # fmt: skip
     from cd_fast.compress import compress
     from cd_fast.models import load_causal_lm
@@ -99,7 +99,7 @@ def _compress(traces: list[Trace], model_dir: str, size_budget: float, rewriter:
     sets = {}
     for method, criterion in METHODS:
         options = {"criterion": criterion} if criterion else {}
-        result = compress(traces, method, size_budget, scorer=scorer, scores=scores, **options)
+        result = compress(traces, method, budget, scorer=scorer, scores=scores, **options)
         name = f"{method}-{criterion}" if criterion else method
         sets[name] = (result.records, result.summary)
     if rewriter:
@@ -107,7 +107,7 @@ def _compress(traces: list[Trace], model_dir: str, size_budget: float, rewriter:
 
         print(f"\n== rewriting with {rewriter}", flush=True)
         backend = LocalRewriter(rewriter, device=device)
-        result = compress(traces, "rewrite", size_budget, counter=tokenizer, rewriter=backend)
+        result = compress(traces, "rewrite", budget, counter=tokenizer, rewriter=backend)
         sets["rewrite-l2"] = (result.records, result.summary)
     for name, (records, summary) in sets.items():
         write_jsonl(out / "data" / f"{name}.jsonl", records)

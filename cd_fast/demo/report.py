@@ -22,24 +22,26 @@ def _rows(run_dir: Path) -> tuple[str, list[dict[str, Any]]]:
     base = results["runs"]["original"]
     rows = []
     for name, run in results["runs"].items():
-
-        def rel(key: str, run: dict = run) -> str:
-            ratio = run[key] / base[key] if base[key] else None
-            return f"{run[key]:g} ({ratio:.2f}x)" if ratio is not None else f"{run[key]:g}"
-
-        rows.append({
+        cells = {
             "run": name,
-            "train tokens": rel("train_label_tokens"),
-            "train time (s)": rel("train_seconds"),
-            "accuracy": rel("accuracy"),
-            "output tokens": rel("mean_output_tokens"),
-            "accuracy / 1k tokens": rel("accuracy_per_1k_tokens"),
-            **run,
-        })  # fmt: skip
+            "train tokens": _relative(run, base, "train_label_tokens"),
+            "train time (s)": _relative(run, base, "train_seconds"),
+            "accuracy": _relative(run, base, "accuracy"),
+            "output tokens": _relative(run, base, "mean_output_tokens"),
+            "accuracy / 1k tokens": _relative(run, base, "accuracy_per_1k_tokens"),
+        }
+        rows.append({**run, "run": name, "cells": cells})
     label = (f"{Path(run_dir).name}: {results['size']} demo, budget {results['budget']}, "
              f"{results['train_records']} training / {results['eval_records']} eval questions, "
              f"{results['device']}")  # fmt: skip
     return label, rows
+
+
+def _relative(run: dict[str, Any], base: dict[str, Any], key: str) -> str:
+    """The value and, when the original's is not zero, its ratio to the original's."""
+    if not base[key]:
+        return f"{run[key]:g}"
+    return f"{run[key]:g} ({run[key] / base[key]:.2f}x)"
 
 
 def _plots(rows: list[dict[str, Any]], out_dir: Path, stem: str) -> list[str]:
@@ -82,7 +84,7 @@ def write_report(run_dirs: list[Path], output: Path) -> str:
     for index, run_dir in enumerate(run_dirs):
         label, rows = _rows(run_dir)
         header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
-        body = "\n".join("| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows)
+        body = "\n".join("| " + " | ".join(r["cells"][c] for c in COLUMNS) + " |" for r in rows)
         table = f"{header}\n{body}"
         first_table = first_table or table
         plots = _plots(rows, output.parent, f"{output.stem}-{index}")
