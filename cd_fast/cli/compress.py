@@ -14,7 +14,13 @@ from cd_fast.cli.common import (
     report_skips,
 )
 from cd_fast.compress import CompressConfig, build_engine, compress_file
-from cd_fast.compress.config import BACKENDS, LOST_ANSWER_POLICIES, METHODS, STEP_CRITERIA
+from cd_fast.compress.config import (
+    BACKENDS,
+    LOST_ANSWER_POLICIES,
+    METHODS,
+    STEP_CRITERIA,
+    TOKEN_CRITERIA,
+)
 
 NAME = "compress"
 HELP = "compress traces: token/step pruning by importance, truncation, generative rewriting"
@@ -61,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     knobs = parser.add_argument_group("what to keep")
     knobs.add_argument("--method", required=True, choices=METHODS)
     knobs.add_argument(
-        "--criterion", choices=sorted(set(STEP_CRITERIA) | {"entropy"}),
+        "--criterion", choices=sorted(set(STEP_CRITERIA) | set(TOKEN_CRITERIA)),
         help="importance criterion (token/step; default surprisal)",
     )  # fmt: skip
     knobs.add_argument(
