@@ -65,3 +65,23 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     text = (tmp_path / "r.md").read_text()
     assert "accuracy / 1k tokens" in text and "r-0-tradeoff.png" in text
     assert (tmp_path / "r-0-tradeoff.png").stat().st_size > 1000
+
+
+def test_demo_on_user_traces(shared_data, tmp_path):
+    traces = tmp_path / "gsm8k.jsonl"
+    lines = (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:80]
+    traces.write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "cd_fast.cli", "demo", "--size", "micro", "--traces", str(traces),
+         "-o", str(out), "--device", "cpu"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "demo.json").read_text())
+    assert results["train_records"] + results["eval_records"] == 80
+    evaluated = [json.loads(x) for x in (out / "eval-original" / "predictions.jsonl").open()]
+    held_out = [json.loads(line)["answer"].split("####")[1].strip() for line in lines[-16:]]
+    assert [r["gold"] for r in evaluated] == held_out  # the last records are held out
