@@ -13,13 +13,12 @@ import torch.nn.functional as F
 from cd_fast.train.attention import available_backends, varlen_attention
 
 from .harness import (
-    append_csv,
     environment,
     lognormal_lengths,
-    markdown_table,
     peak_memory_gib,
     peak_memory_reset,
     time_device,
+    write_results,
 )
 
 SHAPES = {"qwen2.5-1.5b": (12, 2, 128), "qwen3-8b": (32, 8, 128)}
@@ -129,16 +128,12 @@ def run(args: argparse.Namespace) -> list[dict]:
                     }
                 )
                 print(f"{shape} mean {mean}: {name} {ms:.2f} ms, {flops / ms / 1e9:.1f} TFLOP/s")
-    append_csv(args.results_dir / "attention.csv", rows)
-    table = markdown_table(
-        rows, ["shape", "mean_len", "tokens", "provider", "ms", "tflops", "peak_gib"]
-    )
-    (args.results_dir / "attention.md").write_text(
-        f"# Causal varlen attention, forward + backward\n\n{env['date']}, commit {env['commit']}, "
-        f"device {device} (GPU: {env['gpu']}), torch {env['torch']}. TFLOP/s = "
-        "2 * sum(len^2) * heads * dim * 3.5 / time.\n\n"
-        f"{table}\n\nRerun: `python -m bench attention`.\n",
-        encoding="utf-8",
-    )
-    print(table)
+    write_results(
+        args.results_dir, "attention", rows,
+        ["shape", "mean_len", "tokens", "provider", "ms", "tflops", "peak_gib"],
+        "Causal varlen attention, forward + backward",
+        f"{env['date']}, commit {env['commit']}, device {device} (GPU: {env['gpu']}), torch "
+        f"{env['torch']}. TFLOP/s = 2 * sum(len^2) * heads * dim * 3.5 / time.",
+        "python -m bench attention",
+    )  # fmt: skip
     return rows

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from .harness import append_csv, environment, markdown_table
+from .harness import environment, write_results
 
 PRUNING = [
     ("token", "surprisal"), ("token", "entropy"), ("token", "random"),
@@ -70,21 +70,17 @@ def run(args: argparse.Namespace) -> list[dict]:
         total = seconds["generation"] + seconds["selection"]
         rows.append(_row(env, args, "rewrite", "level 2", result.summary, len(traces), tokens,
                          seconds["generation"], seconds["selection"], total))  # fmt: skip
-    append_csv(args.results_dir / "compress.csv", rows)
     columns = ["method", "criterion", "traces_per_s", "tokens_per_s", "model_s", "selection_s",
                "selection_share", "ratio_tokens", "answers_kept"]  # fmt: skip
-    table = markdown_table(rows, columns)
-    (args.results_dir / "compress.md").write_text(
-        f"# Compression throughput\n\n{env['date']}, commit {env['commit']}, device "
-        f"{args.device} (GPU: {env['gpu']}), {len(traces)} real Qwen3-8B traces "
-        f"({tokens:,} tokens), budget {args.budget}, scorer {args.scorer or 'SmolLM2-135M'}. "
-        "model_s: the scorer's forward passes (one scoring pass shared by the pruning "
-        "methods; truncation needs none); selection_s: selection + detokenisation + "
-        "counting; selection_share = selection_s / (model_s + selection_s).\n\n"
-        f"{table}\n\nRerun: `python -m bench compress`.\n",
-        encoding="utf-8",
-    )
-    print(table)
+    write_results(
+        args.results_dir, "compress", rows, columns, "Compression throughput",
+        f"{env['date']}, commit {env['commit']}, device {args.device} (GPU: {env['gpu']}), "
+        f"{len(traces)} real Qwen3-8B traces ({tokens:,} tokens), budget {args.budget}, scorer "
+        f"{args.scorer or 'SmolLM2-135M'}. model_s: the scorer's forward passes (one scoring "
+        "pass shared by the pruning methods; truncation needs none); selection_s: selection + "
+        "detokenisation + counting; selection_share = selection_s / (model_s + selection_s).",
+        "python -m bench compress",
+    )  # fmt: skip
     return rows
 
 

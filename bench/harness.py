@@ -159,6 +159,27 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     return "\n".join(lines)
 
 
+def write_results(
+    results_dir: Path,
+    name: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    title: str,
+    intro: str,
+    rerun: str,
+    extra: str = "",
+) -> str:
+    """Append rows to NAME.csv, write NAME.md (title, intro, table, extra, how to rerun) and
+    print the table; returns it."""
+    append_csv(results_dir / f"{name}.csv", rows)
+    table = markdown_table(rows, columns)
+    (results_dir / f"{name}.md").write_text(
+        f"# {title}\n\n{intro}\n\n{table}\n{extra}\nRerun: `{rerun}`.\n", encoding="utf-8"
+    )
+    print(table)
+    return table
+
+
 def bar_plot(
     path: Path, labels: Sequence[str], values: Sequence[float], ylabel: str, title: str
 ) -> bool:

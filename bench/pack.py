@@ -12,7 +12,7 @@ from cd_fast.kernels.pack import IGNORE_INDEX, TokenStore
 from cd_fast.kernels.reference import pack_from_store_ref
 from cd_fast.train.packing import StepPlanner
 
-from .harness import append_csv, environment, lognormal_lengths, markdown_table, time_device
+from .harness import environment, lognormal_lengths, time_device, write_results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,15 +111,12 @@ def run(args: argparse.Namespace) -> list[dict]:
                         "share_of_train_step": round(ms / step_ms, 5) if step_ms else "",
                     }
                 )
-    append_csv(args.results_dir / "pack.csv", rows)
     columns = ["provider", "mean_len", "sequences", "tokens", "ms", "speedup_vs_collator",
                "share_of_train_step"]  # fmt: skip
-    table = markdown_table(rows, columns)
-    (args.results_dir / "pack.md").write_text(
-        f"# Packing a step's batch\n\n{env['date']}, commit {env['commit']}, device {device} "
-        f"(GPU: {env['gpu']}, CPU: {env['cpu']}), torch {env['torch']}, triton {env['triton']}.\n\n"
-        f"{table}\n\nRerun: `python -m bench pack` (add `--step-model` on a GPU).\n",
-        encoding="utf-8",
-    )
-    print(table)
+    write_results(
+        args.results_dir, "pack", rows, columns, "Packing a step's batch",
+        f"{env['date']}, commit {env['commit']}, device {device} (GPU: {env['gpu']}, CPU: "
+        f"{env['cpu']}), torch {env['torch']}, triton {env['triton']}.",
+        "python -m bench pack --step-model",
+    )  # fmt: skip
     return rows

@@ -13,14 +13,7 @@ import torch
 
 from cd_fast.kernels.token_scores import token_scores
 
-from .harness import (
-    append_csv,
-    environment,
-    markdown_table,
-    peak_memory_gib,
-    peak_memory_reset,
-    time_device,
-)
+from .harness import environment, peak_memory_gib, peak_memory_reset, time_device, write_results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,16 +151,14 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "tokens_per_s": round(e2e["tokens"] / e2e["seconds"]),
             }
         )
-    append_csv(args.results_dir / "token_scores.csv", rows)
     columns = ["tokens", "hidden", "vocab", "provider", "ms", "x_bare_gemm", "speedup_vs_eager",
                "peak_gib", "peak_vs_eager", "tokens_per_s"]  # fmt: skip
-    table = markdown_table(rows, columns)
-    (args.results_dir / "token_scores.md").write_text(
-        f"# Token scoring: surprisal + entropy under the LM head\n\n{env['date']}, commit "
-        f"{env['commit']}, device {device} (GPU: {env['gpu']}), torch {env['torch']}, triton "
-        f"{env['triton']}; {dtype} inputs. x_bare_gemm = time / time of hidden @ weight.T alone."
-        f"\n\n{table}\n\nRerun: `python -m bench token_scores --end-to-end`.\n",
-        encoding="utf-8",
-    )
-    print(table)
+    write_results(
+        args.results_dir, "token_scores", rows, columns,
+        "Token scoring: surprisal + entropy under the LM head",
+        f"{env['date']}, commit {env['commit']}, device {device} (GPU: {env['gpu']}), torch "
+        f"{env['torch']}, triton {env['triton']}; {dtype} inputs. x_bare_gemm = time / time of "
+        "hidden @ weight.T alone.",
+        "python -m bench token_scores --end-to-end",
+    )  # fmt: skip
     return rows

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .harness import append_csv, environment, markdown_table
+from .harness import environment, markdown_table, write_results
 
 SHAPES = {
     "qwen2.5-0.5b": ("Qwen2Config", dict(
@@ -210,21 +210,22 @@ def run(args: argparse.Namespace) -> list[dict]:
                             if best_trl else ""})  # fmt: skip
             rows += group
         epoch = _epoch_rows(args, Path(tmp)) if args.epoch else []
-    append_csv(args.results_dir / "train.csv", rows)
     columns = ["run", "provider", "label_tok_per_s", "vs_best_trl", "mfu", "peak_gib",
                "estimate_gib"]  # fmt: skip
-    table = markdown_table(rows, columns)
-    text = (
-        f"# SFT throughput: cd_fast vs TRL\n\n{env['date']}, commit {env['commit']}, device "
-        f"{args.device} (GPU: {env['gpu']}), torch {env['torch']}. Random-init weights, "
-        f"lognormal lengths (sigma 0.7, 64..4096), {args.steps} steps with {args.warmup} "
-        "untimed. MFU = (6*N*sum(l) + 12*L*H*Q*sum(l^2)) / time / peak bf16.\n\n"
-        f"{table}\n"
-    )
+    extra = ""
     if epoch:
-        text += "\n## One epoch, original vs compressed traces\n\n"
-        text += markdown_table(epoch, ["traces", "label_tokens", "steps", "seconds", "speedup"])
-    text += "\nRerun: `python -m bench train` (TRL anchors need trl + datasets).\n"
-    (args.results_dir / "train.md").write_text(text, encoding="utf-8")
-    print(table)
+        extra = (
+            "\n## One epoch, original vs compressed traces\n\n"
+            + markdown_table(epoch, ["traces", "label_tokens", "steps", "seconds", "speedup"])
+            + "\n"
+        )
+    write_results(
+        args.results_dir, "train", rows, columns, "SFT throughput: cd_fast vs TRL",
+        f"{env['date']}, commit {env['commit']}, device {args.device} (GPU: {env['gpu']}), torch "
+        f"{env['torch']}. Random-init weights, lognormal lengths (sigma 0.7, 64..4096), "
+        f"{args.steps} steps with {args.warmup} untimed. MFU = (6*N*sum(l) + 12*L*H*Q*sum(l^2)) "
+        "/ time / peak bf16.",
+        "python -m bench train",
+        extra,
+    )  # fmt: skip
     return rows

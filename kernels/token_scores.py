@@ -93,10 +93,16 @@ def _reduce_chunk_torch(logits: torch.Tensor, targets: torch.Tensor, out: TokenS
 
 @functools.cache
 def _mm_has_out_dtype(device_type: str) -> bool:
+    """Whether this torch build has a bf16-in, fp32-out GEMM on the device (probed once)."""
+    probe = torch.ones(2, 2, dtype=torch.bfloat16, device=device_type)
     try:
-        a = torch.ones(2, 2, dtype=torch.bfloat16, device=device_type)
-        torch.mm(a, a, out_dtype=torch.float32)
-    except (TypeError, RuntimeError, NotImplementedError):
+        torch.mm(probe, probe, out_dtype=torch.float32)
+    except (TypeError, RuntimeError) as error:  # unknown keyword / no kernel for the device
+        reason = str(error).splitlines()[0][:160]
+        logger.info(
+            "torch.mm(out_dtype=float32) unavailable on %s (%s): upcasting the operands to fp32 "
+            "for the LM-head GEMM", device_type, reason,
+        )  # fmt: skip
         return False
     return True
 
