@@ -19,8 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -55,43 +53,21 @@ class LocalRewriter:
     """Batched greedy generation with a local transformers model (GPU or CPU)."""
 
     def __init__(self, spec: str | Path, device: str | None = None, batch_size: int = 8):
-        from cd_fast.models import load_causal_lm
+        from cd_fast.models import load_generator
 
-        # generation needs a KV cache: SDPA, not the packed-training attention
-        self.model, self.tokenizer = load_causal_lm(spec, device=device, attn_implementation="sdpa")
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model, self.tokenizer = load_generator(spec, device=device)
         self.batch_size = batch_size
 
-    @torch.inference_mode()
     def generate(self, prompts: list[str], max_new_tokens: list[int]) -> list[str]:
+        from cd_fast.models import generate_greedy
+
         outputs: list[str] = []
-        device = self.model.get_output_embeddings().weight.device
         for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start : start + self.batch_size]
-            texts = [
-                self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-                )
-                if getattr(self.tokenizer, "chat_template", None)
-                else p
-                for p in chunk
-            ]
-            encoded = self.tokenizer(
-                texts, return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(device)
-            generated = self.model.generate(
-                **encoded,
-                max_new_tokens=max(max_new_tokens[start : start + self.batch_size]),
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
+            chunk = slice(start, start + self.batch_size)
+            replies = generate_greedy(
+                self.model, self.tokenizer, prompts[chunk], max_new_tokens[chunk]
             )
-            new = generated[:, encoded["input_ids"].shape[1] :]
-            for row, limit in zip(
-                new, max_new_tokens[start : start + self.batch_size], strict=True
-            ):
-                outputs.append(self.tokenizer.decode(row[:limit], skip_special_tokens=True).strip())
+            outputs += [text for text, _, _ in replies]
         return outputs
 
 

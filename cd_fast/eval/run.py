@@ -22,7 +22,6 @@ import torch
 
 from cd_fast.data import AtomicWriter, Trace
 from cd_fast.eval.grade import grade
-from cd_fast.models import chat_prompt
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
@@ -51,49 +50,22 @@ class EvalConfig:
 
 class TransformersGenerator:
     def __init__(self, config: EvalConfig):
-        from cd_fast.models import load_causal_lm
+        from cd_fast.models import load_generator
 
         self.config = config
-        self.model, self.tokenizer = load_causal_lm(
-            config.model, device=config.device, attn_implementation="sdpa"
-        )
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = self.model.get_output_embeddings().weight.device
-        if config.compile and self.device.type == "cuda":
+        self.model, self.tokenizer = load_generator(config.model, device=config.device)
+        device = self.model.get_output_embeddings().weight.device
+        if config.compile and device.type == "cuda":
             self.model.generation_config.cache_implementation = "static"
             self.model.forward = torch.compile(self.model.forward, mode="reduce-overhead")
 
-    @torch.inference_mode()
     def __call__(self, questions: list[str]) -> list[tuple[str, int, bool]]:
         """(response, output tokens, truncated) per question."""
-        prompts = [chat_prompt(self.tokenizer, q) for q in questions]
-        encoded = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(self.device)
-        options: dict[str, Any] = {}
-        if self.config.stop:
-            options = {"stop_strings": list(self.config.stop), "tokenizer": self.tokenizer}
-        generated = self.model.generate(
-            **encoded,
-            max_new_tokens=self.config.max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-            **options,
+        from cd_fast.models import generate_greedy
+
+        return generate_greedy(
+            self.model, self.tokenizer, questions, self.config.max_new_tokens, self.config.stop
         )
-        out = []
-        special = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
-        for row in generated[:, encoded["input_ids"].shape[1] :].tolist():
-            tokens = row
-            while tokens and tokens[-1] == self.tokenizer.pad_token_id:
-                tokens = tokens[:-1]
-            stopped = bool(tokens) and tokens[-1] in special
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            stopped = stopped or any(s in text for s in self.config.stop)
-            truncated = not stopped and len(tokens) >= self.config.max_new_tokens
-            out.append((text.strip(), len([t for t in tokens if t not in special]), truncated))
-        return out
 
 
 class VLLMGenerator:
