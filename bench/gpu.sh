@@ -1,46 +1,144 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU in one command: build the extension, run the GPU correctness tests,
-# then the benchmarks. Results go to $OUT when set (the device tool's output folder), else to
-# bench/results.
+# Everything that needs a GPU: build the extension, run the GPU tests, then the benchmarks.
 #
-#   here, before a device call:  bash bench/gpu.sh --prepare   (copies ../shared/data to .device/)
-#   on the GPU machine:          bash bench/gpu.sh [all|kernels|train]   (device tool: carry
-#                                [".device"], plus ".whl" for wheels from
-#                                ../shared/tools/device-wheels.sh). One device call runs at most
-#                                10 minutes: run "kernels" and "train" as two calls.
+#   bash bench/gpu.sh [all|tests|kernels|train|train-qlora|epoch]   on a machine with a GPU
+#
+# With network and `pip install -e ".[dev,flash]" trl datasets` done, that is all. Results and
+# logs go to bench/results (tarred into $OUT/results.tgz when $OUT is set: the device tool's
+# output folder, which brings back at most 8 files).
+#
+# The device tool's GPU machine has no network, and one call carries at most 64 MiB, so the
+# missing packages travel as wheels over several back-to-back calls (a warm machine keeps /tmp):
+#   here, once:  bash ../shared/tools/device-wheels.sh && bash ../shared/tools/device-fa4.sh
+#                bash bench/gpu.sh --prepare      # data, tools, tokenizer, epoch traces -> .device/
+#   call 1 (carry .fa4-1 .whl .device):  bash bench/gpu.sh stash tests
+#   call 2 (carry .fa4-2):               bash bench/gpu.sh stash kernels
+#   call 3 (carry .whl-bnb):             bash bench/gpu.sh stash train
+#   call 4:                              bash bench/gpu.sh train-qlora epoch
+# `stash` copies whatever wheel folders came with the call to /tmp/cd_fast-wheels; every stage
+# installs what is stashed (once) and builds the extension (once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--prepare" ]; then
-  mkdir -p .device && rm -rf .device/data .device/tools
+  # Split the wheels: bitsandbytes alone (43 MB) travels in its own call.
+  mkdir -p .whl-bnb
+  grep -qx '/.whl-bnb/' .git/info/exclude 2>/dev/null || echo '/.whl-bnb/' >> .git/info/exclude
+  if compgen -G ".whl/bitsandbytes-*.whl" > /dev/null; then mv .whl/bitsandbytes-*.whl .whl-bnb/; fi
+  rm -rf .device && mkdir -p .device/epoch
   cp -r ../shared/data .device/data && cp -r ../shared/tools .device/tools
-  du -sh .device
+  commit=$(git rev-parse --short HEAD)
+  [ -z "$(git status --porcelain --untracked-files=no)" ] || commit="$commit-dirty"
+  echo "$commit" > .device/commit
+  # One epoch on original vs compressed real traces (bench train --epoch): the records, their
+  # head-truncation to 30 % (no model needed), and SmolLM2's tokenizer for a random student.
+  python3 - <<'PY'
+from transformers import AutoTokenizer
+
+from cd_fast.data import TraceReader, write_jsonl
+from cd_fast.models import fetch_smollm2
+
+data = ".device/data/qwen3-8b-thinking/"
+reader = TraceReader(data + "qwen3-8b__think-on.jsonl", prompts=data + "items.json")
+write_jsonl(".device/epoch/original.jsonl", list(reader))
+path = fetch_smollm2()
+AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(".device/tokenizer")
+PY
+  cdfast compress .device/epoch/original.jsonl -o .device/epoch/compressed.jsonl \
+    --method truncate --budget 0.3 --tokenizer .device/tokenizer
+  du -sh .device .whl .whl-bnb .fa4-1 .fa4-2 2>/dev/null || true
   exit 0
 fi
 
-results=${OUT:-bench/results}
-mkdir -p "$results"
-data=.device/data
+wheels=/tmp/cd_fast-wheels
+site=/tmp/site
+results=bench/results
+mkdir -p "$results" "$wheels" "$site"
+# .device travels once (call 1); later calls find the copy in /tmp.
+if [ -d .device ]; then rm -rf /tmp/cd_fast-device && cp -r .device /tmp/cd_fast-device; fi
+device=/tmp/cd_fast-device
+[ -d "$device" ] || device=.device
+data=$device/data
 [ -d "$data" ] || data=../shared/data
-tools=.device/tools
+tools=$device/tools
 [ -d "$tools" ] || tools=../shared/tools
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+[ -f "$device/commit" ] && export CD_FAST_COMMIT=$(cat "$device/commit")
+export CD_FAST_SHARED_DATA=$data
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-build-isolation --no-deps -e .
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+export PYTHONPATH=$site:$site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
 
-stage=${1:-all}
-if [ "$stage" = all ] || [ "$stage" = kernels ]; then
-  python3 -m pytest -q -m gpu tests 2>&1 | tee "$results/gpu-tests.log"
-  python3 -m bench --results-dir "$results" token_scores --end-to-end
-  python3 -m bench --results-dir "$results" attention
-  python3 -m bench --results-dir "$results" pack --step-model
-  python3 -m bench --results-dir "$results" --data-dir "$data" segment
-fi
-if [ "$stage" = all ] || [ "$stage" = train ]; then
-  # cd_fast vs the TRL anchors (trl + datasets from .whl); the 8B QLoRA run saves a 16 GB copy.
-  python3 -m bench --results-dir "$results" train --tools-dir "$tools"
-fi
+stash() {
+  for d in .whl .whl-bnb .fa4-1 .fa4-2; do
+    if [ -d "$d" ]; then cp "$d"/* "$wheels"/; fi
+  done
+  local whole="$wheels/nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl"
+  if [ -f "$wheels/part_aa" ] && [ -f "$wheels/part_ab" ] && [ ! -f "$whole" ]; then
+    cat "$wheels/part_aa" "$wheels/part_ab" > "$whole" && rm "$wheels/part_aa" "$wheels/part_ab"
+  fi
+  ls "$wheels"
+}
+
+setup() {
+  local new=()
+  for w in "$wheels"/*.whl; do
+    [ -e "$w" ] || continue
+    grep -qxF "$(basename "$w")" "$site/.installed" 2>/dev/null || new+=("$w")
+  done
+  if [ ${#new[@]} -gt 0 ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "${new[@]}"
+    for w in "${new[@]}"; do basename "$w" >> "$site/.installed"; done
+  fi
+  if [ ! -f /tmp/cd_fast-built ]; then
+    python3 -m pip install -q --no-build-isolation --no-deps -e . && touch /tmp/cd_fast-built
+  fi
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 - <<'PY'
+import importlib
+for name in ("torch", "triton", "transformers", "peft", "liger_kernel", "bitsandbytes", "trl",
+             "flash_attn.cute", "cutlass"):
+    try:
+        module = importlib.import_module(name)
+        print(f"  {name} {getattr(module, '__version__', '')}")
+    except Exception as error:  # report, the stages skip what is missing
+        print(f"  {name}: {type(error).__name__}: {str(error)[:100]}")
+PY
+}
+
+collect() {
+  if [ -n "${OUT:-}" ]; then tar czf "$OUT/results.tgz" "$results"; fi
+}
+trap collect EXIT
+
+[ $# -gt 0 ] || set -- all
+for stage in "$@"; do
+  case $stage in
+    stash) stash ;;
+    tests)
+      setup
+      set +e
+      python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tee "$results/gpu-tests.log"
+      set -e ;;
+    kernels)
+      setup
+      python3 -m bench --results-dir "$results" token_scores --end-to-end
+      python3 -m bench --results-dir "$results" attention
+      python3 -m bench --results-dir "$results" pack --step-model ;;
+    train)
+      setup
+      python3 -m bench --results-dir "$results" train --tools-dir "$tools" --profile \
+        --runs 0.5b-full-1500 1.5b-full-1500 ;;
+    train-qlora)
+      setup
+      python3 -m bench --results-dir "$results" train --tools-dir "$tools" --profile \
+        --runs 8b-qlora-1500 ;;
+    epoch)
+      setup
+      python3 -m bench --results-dir "$results" train --runs --no-trl \
+        --epoch "$device/epoch/original.jsonl" "$device/epoch/compressed.jsonl" \
+        --epoch-model "$device/tokenizer" ;;
+    all)
+      "$0" tests kernels train train-qlora epoch ;;
+    *) echo "unknown stage $stage (expected stash, tests, kernels, train, train-qlora, epoch, all)" >&2
+       exit 2 ;;
+  esac
+done

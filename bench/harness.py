@@ -45,8 +45,10 @@ def environment() -> dict[str, Any]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "none"
-    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    if _git("status", "--porcelain", "--untracked-files=no"):
+    commit = _git("rev-parse", "--short", "HEAD")
+    if not commit:  # a copy without .git (the GPU machine): bench/gpu.sh passes the commit
+        commit = os.environ.get("CD_FAST_COMMIT", "unknown")
+    elif _git("status", "--porcelain", "--untracked-files=no"):
         commit += "-dirty"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return {
@@ -168,10 +170,12 @@ def write_results(
     intro: str,
     rerun: str,
     extra: str = "",
+    append: bool = True,
 ) -> str:
-    """Append rows to NAME.csv, write NAME.md (title, intro, table, extra, how to rerun) and
-    print the table; returns it."""
-    append_csv(results_dir / f"{name}.csv", rows)
+    """Append rows to NAME.csv (unless the caller already did), write NAME.md (title, intro,
+    table, extra, how to rerun) and print the table; returns it."""
+    if append:
+        append_csv(results_dir / f"{name}.csv", rows)
     table = markdown_table(rows, columns)
     (results_dir / f"{name}.md").write_text(
         f"# {title}\n\n{intro}\n\n{table}\n{extra}\nRerun: `{rerun}`.\n", encoding="utf-8"

@@ -1,5 +1,7 @@
-"""Fused token scoring (surprisal + entropy under the LM head) vs the eager reference (logits ->
-log_softmax) and torch.compile of it, next to the bare GEMM; plus `cdfast score` end to end."""
+"""Fused token scoring (surprisal + entropy under the LM head): cd_fast's fused kernel (each tile
+shape) and split method vs Liger's fused scaled cross entropy (SM90 CuTe kernel on an H100), the
+eager reference (logits -> log_softmax) and torch.compile of it, next to the bare GEMM; plus
+`cdfast score` end to end against the model's forward pass alone."""
 
 from __future__ import annotations
 
@@ -11,16 +13,20 @@ import time
 
 import torch
 
-from cd_fast.kernels.token_scores import token_scores
+from cd_fast.kernels.token_scores import DEFAULT_FUSED, FUSED_CONFIGS, token_scores
 
 from .harness import environment, peak_memory_gib, peak_memory_reset, time_device, write_results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384, 65536])
-    parser.add_argument("--hidden", type=int, nargs="+", default=[896, 1536, 4096])
-    parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 151936])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[16384])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[1536, 4096])
+    parser.add_argument("--vocab", type=int, nargs="+", default=[151936])
+    parser.add_argument(
+        "--configs", nargs="+", default=list(FUSED_CONFIGS), choices=list(FUSED_CONFIGS),
+        help="tile shapes of the fused kernel to time",
+    )  # fmt: skip
     parser.add_argument(
         "--end-to-end",
         action="store_true",
@@ -36,31 +42,52 @@ def eager_reference(hidden, weight, targets):
     return surprisal, entropy
 
 
+def liger_scaled_ce(hidden, weight, targets):
+    """Liger's per-token NLL + entropy (its SM90 CuTe kernel on an H100, chunked torch else)."""
+    from liger_kernel.ops.fused_linear_scaled_cross_entropy import (
+        LigerFusedLinearScaledCrossEntropyFunction,
+    )
+
+    return LigerFusedLinearScaledCrossEntropyFunction.apply(
+        hidden, weight, targets, return_entropy=True
+    )
+
+
 def _measure(fn, device) -> tuple[float | str, float | None]:
+    """(median ms or the error, extra GiB at peak above what was allocated before)."""
     peak_memory_reset(device)
+    before = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     try:
-        ms = time_device(fn, device, repeats=1)
+        with torch.no_grad():
+            ms = time_device(fn, device, repeats=1)
     except torch.OutOfMemoryError:
         return "OOM", None
+    except Exception as error:  # a provider that cannot run here: its row says why
+        return f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}", None
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return ms, peak_memory_gib(device)
+    peak = peak_memory_gib(device)
+    return ms, (peak - before) if peak is not None else None
 
 
-def end_to_end(device) -> dict:
+QWEN25_15B = dict(
+    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+    num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+)  # fmt: skip
+
+
+def end_to_end(device, shape: dict | None = None, traces_count: int = 64) -> dict:
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     from cd_fast.data import Trace
+    from cd_fast.kernels import TokenStore
     from cd_fast.score import Scorer
-    from cd_fast.train import register
+    from cd_fast.train import plan_steps, register
 
     from .harness import lognormal_lengths
 
-    config = Qwen2Config(
-        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-        num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-    )  # fmt: skip
+    config = Qwen2Config(**(shape or QWEN25_15B))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_config(config, attn_implementation=register(), dtype=dtype)
     model = model.to(device).eval()
@@ -81,20 +108,44 @@ def end_to_end(device) -> dict:
                 out["offset_mapping"] = offsets
             return out
 
-    lengths = lognormal_lengths(1500, count=64, seed=1)
+    lengths = lognormal_lengths(1500, count=traces_count, seed=1)
     traces = [
         Trace(id=str(i), question="q " * 20, trace=" ".join(["w"] * n))
         for i, n in enumerate(lengths)
     ]
-    scorer = Scorer(model, WordTokenizer(), max_tokens_per_batch=16384)
+    budget = 16384
+    scorer = Scorer(model, WordTokenizer(), max_tokens_per_batch=budget)
     scorer.score(traces[:4])  # warm-up
     scorer.stats.input_tokens = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
     tic = time.perf_counter()
     scorer.score(traces)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - tic
-    return {"tokens": scorer.stats.input_tokens, "seconds": seconds}
+
+    # The decoder's forward alone on the same tokens, packed under the same budget.
+    tokenizer = WordTokenizer()
+    sequences = [scorer.prompt_ids(t.question) + tokenizer(t.trace)["input_ids"] for t in traces]
+    store = TokenStore(sequences, device=device)
+    steps = plan_steps(store.lengths, budget, seed=0)
+    with torch.inference_mode():
+        model.model(**store.pack(steps[0]).model_kwargs())  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        for step in steps:
+            model.model(**store.pack(step).model_kwargs())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    forward_seconds = time.perf_counter() - tic
+    return {
+        "tokens": scorer.stats.input_tokens,
+        "seconds": seconds,
+        "forward_tokens": int(store.lengths.sum()),
+        "forward_seconds": forward_seconds,
+    }
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -109,10 +160,19 @@ def run(args: argparse.Namespace) -> list[dict]:
         targets = torch.randint(0, vocab, (tokens,), device=device)
         gemm_ms, _ = _measure(lambda h=hidden, w=weight: h @ w.t(), device)
         providers = {
-            "cd_fast": functools.partial(token_scores, hidden, weight, targets),
-            "eager": functools.partial(eager_reference, hidden, weight, targets),
-            "torch.compile": functools.partial(compiled, hidden, weight, targets),
-        }
+            f"cd_fast fused {name}" + (" (default)" if name == DEFAULT_FUSED else ""):
+            functools.partial(token_scores, hidden, weight, targets, method="fused",
+                              fused_config=FUSED_CONFIGS[name])
+            for name in args.configs
+        } if device.type == "cuda" else {}  # fmt: skip
+        providers["cd_fast split"] = functools.partial(
+            token_scores, hidden, weight, targets, method="split"
+        )
+        providers["liger scaled CE (entropy)"] = functools.partial(
+            liger_scaled_ce, hidden, weight, targets
+        )
+        providers["eager"] = functools.partial(eager_reference, hidden, weight, targets)
+        providers["torch.compile"] = functools.partial(compiled, hidden, weight, targets)
         measured = {name: _measure(fn, device) for name, fn in providers.items()}
         eager_ms, eager_gib = measured["eager"]
         for name, (ms, gib) in measured.items():
@@ -132,8 +192,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     else "",
                     "speedup_vs_eager": round(eager_ms / ms, 2)
                     if ok and isinstance(eager_ms, float) else "",
-                    "peak_gib": round(gib, 2) if gib is not None else "",
-                    "peak_vs_eager": round(gib / eager_gib, 3) if gib and eager_gib else "",
+                    "extra_gib": round(gib, 3) if gib is not None else "",
+                    "extra_vs_eager": round(gib / eager_gib, 4) if gib and eager_gib else "",
                 }
             )  # fmt: skip
             print(rows[-1]["tokens"], hidden_size, vocab, name, rows[-1]["ms"], "ms")
@@ -149,16 +209,24 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "tokens": e2e["tokens"],
                 "ms": round(e2e["seconds"] * 1e3, 1),
                 "tokens_per_s": round(e2e["tokens"] / e2e["seconds"]),
+                "forward_tokens_per_s": round(e2e["forward_tokens"] / e2e["forward_seconds"]),
+                "x_forward": round(
+                    (e2e["seconds"] / e2e["tokens"])
+                    / (e2e["forward_seconds"] / e2e["forward_tokens"]),
+                    2,
+                ),
             }
         )
     columns = ["tokens", "hidden", "vocab", "provider", "ms", "x_bare_gemm", "speedup_vs_eager",
-               "peak_gib", "peak_vs_eager", "tokens_per_s"]  # fmt: skip
+               "extra_gib", "extra_vs_eager", "tokens_per_s", "forward_tokens_per_s",
+               "x_forward"]  # fmt: skip
     write_results(
         args.results_dir, "token_scores", rows, columns,
         "Token scoring: surprisal + entropy under the LM head",
         f"{env['date']}, commit {env['commit']}, device {device} (GPU: {env['gpu']}), torch "
         f"{env['torch']}, triton {env['triton']}; {dtype} inputs. x_bare_gemm = time / time of "
-        "hidden @ weight.T alone.",
+        "hidden @ weight.T alone (bf16 out); extra_gib = peak memory above the inputs. Score end "
+        "to end: x_forward = the Scorer's time / the model's forward alone on the same batches.",
         "python -m bench token_scores --end-to-end",
     )  # fmt: skip
     return rows

@@ -2,18 +2,22 @@
 shapes, same random-init weights recipe, same lognormal lengths and tokens, same device.
 
 Label tokens/s over the timed steps (after warm-up), MFU (formula in cd_fast/train/metrics.py),
-peak memory and the memory model's estimate. TRL runs in a subprocess per setting when `trl` is
-installed; its best setting is the ratio's denominator. `--epoch ORIGINAL COMPRESSED` also times
-one epoch on original vs compressed traces with the same student.
+peak memory and the memory model's estimate. TRL runs in a subprocess when `trl` is installed
+(by default only the setting that was fastest in ../shared/tools/README.md; `--trl-settings all`
+runs every one); its best row is the ratio's denominator. `--profile` writes a torch.profiler
+summary of two of cd_fast's steps per run. `--epoch ORIGINAL COMPRESSED` also times one epoch on
+original vs compressed traces with the same student.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .harness import environment, markdown_table, write_results
+from .harness import append_csv, environment, markdown_table, write_results
 
 SHAPES = {
     "qwen2.5-0.5b": ("Qwen2Config", dict(
@@ -39,12 +43,13 @@ SHAPES = {
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=128, vocab_size=1000)),
 }  # fmt: skip
-# run name -> (shape, mode, mean length, TRL anchor script, its SIZE, its WHICH, its BS)
+# run name -> (shape, mode, mean length, TRL anchor script, its SIZE, its WHICH (all settings,
+# best first: the fastest in ../shared/tools/README.md), its BS)
 RUNS = {
     "0.5b-full-1500": ("qwen2.5-0.5b", "full", 1500, "trl_anchor.py", "0.5b",
-                       "pad,pad_liger,bfd_liger,pf_liger", 4),
+                       "pad_liger,pad,bfd_liger,pf_liger", 4),
     "1.5b-full-1500": ("qwen2.5-1.5b", "full", 1500, "trl_anchor.py", "1.5b",
-                       "pad,pad_liger,pf_liger", 4),
+                       "pad_liger,pad,pf_liger", 4),
     "0.5b-full-300": ("qwen2.5-0.5b", "full", 300, "trl_anchor.py", "0.5b", "pad_liger", 16),
     "8b-qlora-1500": ("qwen3-8b", "qlora", 1500, "trl_qlora_anchor.py", "8b", "pad,pad_liger", 4),
     "tiny-full-300": ("tiny", "full", 300, "trl_anchor.py", "tiny", "pad", 4),
@@ -54,9 +59,24 @@ RUNS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--runs", nargs="+", default=["0.5b-full-1500", "1.5b-full-1500", "0.5b-full-300",
-                                      "8b-qlora-1500"], choices=list(RUNS),
+        "--runs", nargs="*", default=["0.5b-full-1500", "1.5b-full-1500", "8b-qlora-1500"],
+        choices=list(RUNS),
     )  # fmt: skip
+    parser.add_argument(
+        "--variants", nargs="+", default=["bf16", "master"], choices=list(VARIANTS),
+        help="cd_fast settings per full fine-tune run: bf16 = pure bf16 AdamW (what TRL's bf16 "
+             "runs do), master = fp32 master weights (cd_fast's default), compile = bf16 + "
+             "torch.compile of each block",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trl-settings", choices=("best", "all"), default="best",
+        help="TRL settings to rerun: the fastest one of the README's table, or all of them",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="write a torch.profiler summary of two cd_fast steps per run",
+    )
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=4, help="untimed first steps")
     parser.add_argument("--tokens-per-step", type=int, default=16384)
@@ -71,7 +91,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epoch", nargs=2, type=Path, metavar=("ORIGINAL", "COMPRESSED"),
         help="also time one epoch on each trace file (cd_fast records) with --epoch-model",
     )  # fmt: skip
-    parser.add_argument("--epoch-model", help="student for --epoch (folder or hub id)")
+    parser.add_argument(
+        "--epoch-model",
+        help="student for --epoch: a model folder or hub id, or a folder holding only a "
+             "tokenizer (then a random-init --epoch-shape student with that vocabulary is built)",
+    )  # fmt: skip
+    parser.add_argument("--epoch-shape", default="qwen2.5-0.5b", choices=list(SHAPES))
+
+
+VARIANTS = {
+    "bf16": {"master_weights": False},
+    "master": {"master_weights": True},
+    "compile": {"master_weights": False, "compile": True},
+}
+
+
+def scratch_dir() -> str | None:
+    """A RAM-backed folder for the saved 8B copies when it has room (saving 16 GB to disk takes
+    minutes), else the default temp folder."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free > 40 * 2**30:
+        return str(shm)
+    return None
+
+
+def save_random_model(model, path: Path) -> None:
+    """Weights plus a word-level tokenizer (the synthetic data is token ids already; loading by
+    path still wants a tokenizer)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    model.save_pretrained(path)
+    tokenizer = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<unk>"
+    ).save_pretrained(path)
 
 
 def synthetic_lengths(mean: float, count: int, vocab: int) -> list[np.ndarray]:
@@ -81,7 +135,7 @@ def synthetic_lengths(mean: float, count: int, vocab: int) -> list[np.ndarray]:
     return [rng.integers(10, vocab, n) for n in lengths]
 
 
-def _our_run(name: str, args: argparse.Namespace, workdir: Path) -> dict:
+def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -> dict:
     import transformers
     from transformers import AutoModelForCausalLM
 
@@ -100,9 +154,10 @@ def _our_run(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
     qlora = mode == "qlora"
+    label = "qlora" if qlora else variant
     if qlora:  # bitsandbytes quantises while loading: go through a saved copy
         path = workdir / shape
-        model.save_pretrained(path)
+        save_random_model(model, path)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -113,7 +168,7 @@ def _our_run(name: str, args: argparse.Namespace, workdir: Path) -> dict:
         save_steps=0, max_tokens_per_step=tokens, max_seq_length=4096, learning_rate=1e-5,
         lr_scheduler_type="constant", export="none", device=args.device, bf16=bf16,
         lora_r=16 if qlora else 0, load_in_4bit=qlora, gradient_checkpointing=qlora,
-        lora_alpha=32,
+        lora_alpha=32, **({} if qlora else VARIANTS[variant]),
     )  # fmt: skip
     from cd_fast.train.memory import ModelShape, estimate_memory
 
@@ -127,12 +182,17 @@ def _our_run(name: str, args: argparse.Namespace, workdir: Path) -> dict:
         for x in (Path(config.output_dir) / "metrics.jsonl").read_text().split("\n")
         if x
     ]
+    if args.profile:
+        _profile(trainer, args.results_dir / f"train-profile-{name}-{label}.txt")
+    del trainer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     timed = [r for r in rows if r["step"] > args.warmup]
     seconds = sum(r["label_tokens"] / r["tokens_per_s"] for r in timed)
     tokens_total = sum(r["label_tokens"] for r in timed)
     mfu = [r["mfu"] * r["label_tokens"] / r["tokens_per_s"] for r in timed if "mfu" in r]
     return {
-        "provider": f"cd_fast ({mode}, {tokens} tok/step)",
+        "provider": f"cd_fast ({label}, {tokens} tok/step)",
         "label_tok_per_s": round(tokens_total / seconds, 1),
         "mfu": round(sum(mfu) / seconds, 4) if mfu else "",
         "peak_gib": max(r["peak_memory_gib"] for r in rows),
@@ -140,8 +200,28 @@ def _our_run(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     }
 
 
+def _profile(trainer, path: Path) -> None:
+    """Two more steps under torch.profiler: the top kernels by total time, to a text file."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cd_fast.train.trainer import TrainResult
+
+    trainer.total_steps = trainer.step + 2
+    on_cuda = trainer.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=activities) as prof:
+        trainer._loop(TrainResult(trainer.output_dir, trainer.step, trainer.total_steps))
+        if on_cuda:
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if on_cuda else "cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=40), encoding="utf-8")
+    print(f"profile: {path}")
+
+
 def _trl_runs(name: str, args: argparse.Namespace) -> list[dict]:
     _, _, mean, script, size, which, batch = RUNS[name]
+    if args.trl_settings == "best":
+        which = which.split(",")[0]
     missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
     if missing:
         print(f"{name}: TRL anchors skipped ({', '.join(missing)} not installed)")
@@ -149,6 +229,8 @@ def _trl_runs(name: str, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, "SIZE": size, "MEANLEN": str(mean), "WHICH": which, "BS": str(batch),
                "STEPS": str(args.steps), "NSEQ": str(args.sequences), "OUT": out}  # fmt: skip
+        if scratch_dir():
+            env["TMPDIR"] = scratch_dir()  # the QLoRA anchor saves its 16 GB model there
         done = subprocess.run(
             [sys.executable, str(args.tools_dir / script)], env=env, capture_output=True, text=True
         )
@@ -166,66 +248,134 @@ def _trl_runs(name: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _epoch_student(args: argparse.Namespace, workdir: Path) -> str:
+    """--epoch-model as given, or a random-init --epoch-shape student built around the tokenizer
+    in that folder (the same initial weights for both runs)."""
+    folder = Path(args.epoch_model)
+    if not folder.is_dir() or (folder / "config.json").exists():
+        return args.epoch_model
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config_class, options = SHAPES[args.epoch_shape]
+    config = getattr(transformers, config_class)(**{**options, "vocab_size": len(tokenizer)})
+    torch.manual_seed(0)
+    student = workdir / f"student-{args.epoch_shape}"
+    AutoModelForCausalLM.from_config(config).save_pretrained(student)
+    tokenizer.save_pretrained(student)
+    return str(student)
+
+
 def _epoch_rows(args: argparse.Namespace, workdir: Path) -> list[dict]:
     from cd_fast.train import TrainConfig, Trainer
 
+    student = _epoch_student(args, workdir)
     rows = []
     for label, path in zip(("original", "compressed"), args.epoch, strict=True):
         config = TrainConfig(
             output_dir=str(workdir / f"epoch-{label}"), num_train_epochs=1, logging_steps=10,
             save_steps=0, max_tokens_per_step=args.tokens_per_step, export="none",
+            max_seq_length=args.tokens_per_step,
             device=args.device, learning_rate=1e-5,
         )  # fmt: skip
-        trainer = Trainer(args.epoch_model, path, config, progress=False)
+        trainer = Trainer(student, path, config, progress=False)
         started = time.perf_counter()
         result = trainer.train()
         seconds = round(time.perf_counter() - started, 2)
         tokens = trainer.train_set.label_tokens
         rows.append({"traces": label, "file": str(path), "label_tokens": tokens,
                      "steps": result.step, "seconds": seconds})  # fmt: skip
-    base = rows[0]["seconds"]
+    base = rows[0]
     for row in rows:
-        row["speedup"] = round(base / row["seconds"], 2) if row["seconds"] else ""
+        row["speedup"] = round(base["seconds"] / row["seconds"], 2) if row["seconds"] else ""
+        row["token_ratio"] = round(base["label_tokens"] / row["label_tokens"], 2)
     return rows
+
+
+def _guarded(what: str, fn, *args) -> list[dict]:
+    """Run one measurement; a failure (OOM, a missing package) becomes a row, not the end."""
+    try:
+        return fn(*args)
+    except Exception as error:  # reported in the results and on stderr
+        message = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+        print(f"{what}: {message}", file=sys.stderr)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return [{"provider": what, "label_tok_per_s": message, "mfu": "", "peak_gib": "",
+                 "estimate_gib": ""}]  # fmt: skip
+
+
+def _this_session(csv_path: Path, env: dict, benchmark: str) -> list[dict]:
+    """Rows of `benchmark` measured at this commit on this GPU (runs split over several calls
+    land in one table)."""
+    if not csv_path.exists():
+        return []
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        return [r for r in csv.DictReader(handle) if r.get("benchmark") == benchmark
+                and r.get("commit") == env["commit"] and r.get("gpu") == env["gpu"]]  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     env = environment()
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    csv_path = args.results_dir / "train.csv"
+    with tempfile.TemporaryDirectory(dir=scratch_dir()) as tmp:
         for name in args.runs:
             shape, mode, mean, *_ = RUNS[name]
             group = []
-            ours = _our_run(name, args, Path(tmp))
-            group.append(ours)
-            print(f"{name}: cd_fast {ours['label_tok_per_s']:,.0f} label tok/s, "
-                  f"MFU {ours['mfu']}, peak {ours['peak_gib']} GiB")  # fmt: skip
+            for variant in args.variants if mode == "full" else ["qlora"]:
+                ours = _guarded(
+                    f"cd_fast ({variant})",
+                    lambda n=name, v=variant: [_our_run(n, v, args, Path(tmp))],
+                )
+                group += ours
+                print(f"{name}: {ours[0]}")
             if args.trl:
-                group += _trl_runs(name, args)
-            best_trl = max((r["label_tok_per_s"] for r in group[1:]), default=None)
+                group += _guarded("trl", _trl_runs, name, args)
+            trl = [
+                r["label_tok_per_s"]
+                for r in group
+                if r["provider"].startswith("trl") and isinstance(r["label_tok_per_s"], float)
+            ]
+            best_trl = max(trl, default=None)  # fmt: skip
             for row in group:
+                speed = row["label_tok_per_s"]
                 row.update({**env, "benchmark": "train", "run": name, "shape": shape,
                             "mode": mode, "mean_len": mean, "device": args.device,
-                            "vs_best_trl": round(row["label_tok_per_s"] / best_trl, 2)
-                            if best_trl else ""})  # fmt: skip
+                            "vs_best_trl": round(speed / best_trl, 2)
+                            if best_trl and isinstance(speed, float) else ""})  # fmt: skip
+            append_csv(csv_path, group)  # as each run ends: a later failure loses nothing
             rows += group
-        epoch = _epoch_rows(args, Path(tmp)) if args.epoch else []
+        if args.epoch:
+            epoch = _guarded("epoch", _epoch_rows, args, Path(tmp))
+            for row in epoch:
+                row.update({**env, "benchmark": "train_epoch", "device": args.device})
+            append_csv(csv_path, epoch)
+            rows += epoch
     columns = ["run", "provider", "label_tok_per_s", "vs_best_trl", "mfu", "peak_gib",
                "estimate_gib"]  # fmt: skip
+    epoch_rows = _this_session(csv_path, env, "train_epoch")
     extra = ""
-    if epoch:
+    if epoch_rows:
         extra = (
             "\n## One epoch, original vs compressed traces\n\n"
-            + markdown_table(epoch, ["traces", "label_tokens", "steps", "seconds", "speedup"])
+            + markdown_table(
+                epoch_rows,
+                ["traces", "file", "label_tokens", "steps", "seconds", "speedup", "token_ratio"],
+            )
             + "\n"
         )
     write_results(
-        args.results_dir, "train", rows, columns, "SFT throughput: cd_fast vs TRL",
+        args.results_dir, "train", _this_session(csv_path, env, "train"), columns,
+        "SFT throughput: cd_fast vs TRL",
         f"{env['date']}, commit {env['commit']}, device {args.device} (GPU: {env['gpu']}), torch "
         f"{env['torch']}. Random-init weights, lognormal lengths (sigma 0.7, 64..4096), "
         f"{args.steps} steps with {args.warmup} untimed. MFU = (6*N*sum(l) + 12*L*H*Q*sum(l^2)) "
-        "/ time / peak bf16.",
+        "/ time / peak bf16. cd_fast (bf16): pure bf16 AdamW, as TRL's bf16 runs; cd_fast "
+        "(master): fp32 master weights and optimizer states (cd_fast's default).",
         "python -m bench train",
         extra,
+        append=False,
     )  # fmt: skip
     return rows

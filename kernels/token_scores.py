@@ -10,15 +10,23 @@ One pass over vocabulary tiles keeps a running max m, s = sum exp(x - m) and
 a = sum exp(x - m) x; a new max m' rescales both by exp(m - m'). At the end lse = m + log s and
 sum p x = a / s. Targets of -100 score 0.
 
-Design (GEMM in cuBLAS per token chunk, reduction in Triton): the logits of one chunk of tokens
-come from one cuBLAS GEMM with fp32 output (`torch.mm(..., out_dtype=float32)` for bf16/fp16
-inputs), then this kernel reduces the chunk in a single read. Extra memory is one chunk:
-chunk_size x V x 4 bytes, chosen to stay under `max_chunk_bytes` (512 MiB by default, about 2.5% of
-what eager's logits + log_softmax take at T=16k, V=152k). The price is re-reading the chunk:
-4V bytes per token against 2HV FLOPs, so at 3 TB/s and ~790 TFLOP/s the reduction adds about
-525/H of the bare GEMM time (~1.34x at H=1536, ~1.13x at H=4096). A GEMM with the reduction fused
-into its epilogue would remove that read; it needs split-V partial statistics and tuning on the
-GPU, and no GPU was available when this was written: bench/token_scores.py measures the ratio.
+Two methods, picked by `method` (default "auto": fused for bf16/fp16 on a GPU, split otherwise):
+
+fused  One Triton kernel per [BLOCK_T, BLOCK_V] tile: the tile's logits are accumulated in
+       registers (tensor cores, fp32 accumulators) and reduced in the epilogue to per-row partial
+       statistics (m_j, s_j, a_j) over the tile's columns, plus the target logit in the one tile
+       that holds it. A merge kernel combines the V / BLOCK_V partials of each row:
+           m = max_j m_j,  s = sum_j s_j exp(m_j - m),  a = sum_j a_j exp(m_j - m)
+       The logits never reach memory: the extra traffic is 12 bytes per (token, V tile).
+       Tiles are visited in groups of GROUP_T token tiles so that a group's hidden rows stay in
+       L2 while the group sweeps the vocabulary (the LM head is streamed T / (GROUP_T * BLOCK_T)
+       times).
+split  The logits of a chunk of tokens come from one cuBLAS GEMM with fp32 output
+       (`torch.mm(..., out_dtype=float32)` for bf16/fp16 inputs), then one Triton program per
+       row reduces them in a single read. Extra memory is one chunk (under `max_chunk_bytes`,
+       512 MiB by default); the price is writing and re-reading 4V bytes per token. It is the
+       CPU path (torch GEMM) and the fallback for fp32 inputs on a GPU.
+bench/token_scores.py times both against the bare GEMM and Liger's fused kernel.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -80,6 +89,109 @@ def _token_scores_kernel(
     tl.store(p_entropy + i_t, tl.where(skip, 0.0, b_lse - b_a / b_s))
 
 
+@triton.jit
+def _token_scores_fused_kernel(
+    p_hidden,
+    p_weight,
+    p_targets,
+    p_stats,  # [3, n_blocks_v, T] fp32: tile max m, sum exp(x - m), sum exp(x - m) x
+    p_target_logit,  # [T] fp32: x_y, written by the tile that holds y
+    T,
+    V,
+    H,
+    stride_ht,
+    stride_wv,
+    n_blocks_v,
+    BLOCK_T: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    GROUP_T: tl.constexpr,
+    IGNORE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    i_pid = tl.program_id(0)
+    n_blocks_t = tl.cdiv(T, BLOCK_T)
+    per_group = GROUP_T * n_blocks_v
+    first_t = (i_pid // per_group) * GROUP_T
+    group_size = tl.minimum(n_blocks_t - first_t, GROUP_T)
+    i_t = first_t + (i_pid % per_group) % group_size
+    i_v = (i_pid % per_group) // group_size
+
+    o_t = i_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T]
+    o_v = i_v.to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)  # [BLOCK_V]
+    o_h = tl.arange(0, BLOCK_H)
+    m_t = o_t < T
+    m_v = o_v < V
+    p_h = p_hidden + o_t[:, None] * stride_ht + o_h[None, :]  # [BLOCK_T, BLOCK_H]
+    p_w = p_weight + o_v[None, :] * stride_wv + o_h[:, None]  # [BLOCK_H, BLOCK_V]
+    b_x = tl.zeros((BLOCK_T, BLOCK_V), dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        m_h = h0 + o_h < H
+        b_h = tl.load(p_h, mask=m_t[:, None] & m_h[None, :], other=0.0)
+        b_w = tl.load(p_w, mask=m_h[:, None] & m_v[None, :], other=0.0)
+        if UPCAST:  # the interpreter's bf16 dot multiplies raw bits: exact in fp32 instead
+            b_h, b_w = b_h.to(tl.float32), b_w.to(tl.float32)
+        b_x = tl.dot(b_h, b_w, b_x, input_precision=PRECISION)  # [BLOCK_T, BLOCK_V]
+        p_h += BLOCK_H
+        p_w += BLOCK_H
+
+    b_x = tl.where(m_v[None, :], b_x, float("-inf"))
+    b_m = tl.max(b_x, axis=1)  # [BLOCK_T]
+    b_e = tl.exp(b_x - b_m[:, None])  # 0 on the padding columns
+    b_s = tl.sum(b_e, axis=1)
+    b_a = tl.sum(tl.where(m_v[None, :], b_e * b_x, 0.0), axis=1)
+    p_s = p_stats + i_v.to(tl.int64) * T + o_t
+    tl.store(p_s, b_m, mask=m_t)
+    tl.store(p_s + n_blocks_v * T, b_s, mask=m_t)
+    tl.store(p_s + 2 * n_blocks_v * T, b_a, mask=m_t)
+
+    b_y = tl.load(p_targets + o_t, mask=m_t, other=IGNORE)  # [BLOCK_T]; IGNORE < 0: no tile
+    b_xy = tl.sum(tl.where(b_y[:, None] == o_v[None, :], b_x, 0.0), axis=1)
+    m_y = m_t & (b_y >= i_v * BLOCK_V) & (b_y < (i_v + 1) * BLOCK_V)
+    tl.store(p_target_logit + o_t, b_xy, mask=m_y)
+
+
+@triton.jit
+def _token_scores_merge_kernel(
+    p_stats,
+    p_target_logit,
+    p_targets,
+    p_surprisal,
+    p_entropy,
+    T,
+    n_blocks_v,
+    BLOCK_T: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IGNORE: tl.constexpr,
+):
+    i_t = tl.program_id(0)
+    o_t = i_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BLOCK_T]
+    m_t = o_t < T
+    b_m = tl.full((BLOCK_T,), float("-inf"), dtype=tl.float32)
+    b_s = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    b_a = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for n0 in range(0, n_blocks_v, BLOCK_N):
+        o_n = n0 + tl.arange(0, BLOCK_N)
+        m_nt = (o_n < n_blocks_v)[:, None] & m_t[None, :]
+        p_s = p_stats + o_n[:, None].to(tl.int64) * T + o_t[None, :]  # [BLOCK_N, BLOCK_T]
+        c_m = tl.load(p_s, mask=m_nt, other=float("-inf"))
+        c_s = tl.load(p_s + n_blocks_v * T, mask=m_nt, other=0.0)
+        c_a = tl.load(p_s + 2 * n_blocks_v * T, mask=m_nt, other=0.0)
+        b_m_new = tl.maximum(b_m, tl.max(c_m, axis=0))
+        b_scale = tl.exp(b_m - b_m_new)  # the first chunk holds every row's tile 0: finite
+        c_w = tl.exp(c_m - b_m_new[None, :])
+        b_s = b_s * b_scale + tl.sum(c_s * c_w, axis=0)
+        b_a = b_a * b_scale + tl.sum(c_a * c_w, axis=0)
+        b_m = b_m_new
+    b_y = tl.load(p_targets + o_t, mask=m_t, other=IGNORE)
+    skip = b_y == IGNORE
+    b_lse = b_m + tl.log(b_s)
+    b_xy = tl.load(p_target_logit + o_t, mask=m_t & ~skip, other=0.0)
+    tl.store(p_surprisal + o_t, tl.where(skip, 0.0, b_lse - b_xy), mask=m_t)
+    tl.store(p_entropy + o_t, tl.where(skip, 0.0, b_lse - b_a / b_s), mask=m_t)
+
+
 def _reduce_chunk_torch(logits: torch.Tensor, targets: torch.Tensor, out: TokenScores) -> None:
     """The same reduction in torch (CPU without the Triton interpreter)."""
     log_probs = torch.log_softmax(logits, dim=-1)
@@ -120,12 +232,80 @@ def _logits_fp32(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 _logged_fallback = False
 
 
+@dataclass(frozen=True)
+class FusedConfig:
+    """Tile shape and launch options of the fused kernel."""
+
+    block_t: int = 128
+    block_v: int = 256
+    block_h: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+    group_bytes: int = 24 << 20
+    """Hidden rows per group (GROUP_T token tiles) kept under this many bytes, to stay in L2."""
+
+
+# Candidates the benchmark sweeps on the GPU; DEFAULT_FUSED is the one it measured fastest.
+FUSED_CONFIGS = {
+    "t128-v128-w8": FusedConfig(128, 128, 64, 8, 4),
+    "t128-v128-w4": FusedConfig(128, 128, 64, 4, 4),
+    "t128-v256-w8": FusedConfig(128, 256, 64, 8, 3),
+    "t256-v128-w8": FusedConfig(256, 128, 64, 8, 3),
+}
+DEFAULT_FUSED = "t128-v128-w8"
+METHODS = ("auto", "fused", "split")
+
+
 def _empty(size: int, device: torch.device) -> torch.Tensor:
     """Output allocation (one place, so tests can poison it)."""
     return torch.empty(size, dtype=torch.float32, device=device)
 
 
-def token_scores_fwd(
+def _triton_can_run(device: torch.device) -> bool:
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def token_scores_fused_fwd(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    config: FusedConfig | None = None,
+    max_stats_bytes: int = DEFAULT_MAX_CHUNK_BYTES // 2,
+) -> TokenScores:
+    """GEMM with the reduction in its epilogue, then the merge; see the module docstring.
+    Tokens go in chunks whose partial statistics stay under `max_stats_bytes`."""
+    config = config or FUSED_CONFIGS[DEFAULT_FUSED]
+    tokens, size = hidden.shape
+    vocab = weight.shape[0]
+    n_blocks_v = triton.cdiv(vocab, config.block_v)
+    chunk = max(config.block_t, max_stats_bytes // (12 * n_blocks_v))
+    group_t = max(1, config.group_bytes // (config.block_t * size * hidden.element_size()))
+    precision = "ieee" if hidden.dtype == torch.float32 else "tf32"  # tf32: ignored for bf16
+    upcast = hidden.dtype == torch.bfloat16 and not hidden.is_cuda
+    surprisal = _empty(tokens, hidden.device)
+    entropy = _empty(tokens, hidden.device)
+    for start in range(0, tokens, chunk):
+        end = min(start + chunk, tokens)
+        count = end - start
+        stats = torch.empty(3, n_blocks_v, count, dtype=torch.float32, device=hidden.device)
+        target_logit = torch.empty(count, dtype=torch.float32, device=hidden.device)
+        grid = (triton.cdiv(count, config.block_t) * n_blocks_v,)
+        _token_scores_fused_kernel[grid](
+            hidden[start:end], weight, targets[start:end], stats, target_logit,
+            count, vocab, size, hidden.stride(0), weight.stride(0), n_blocks_v,
+            BLOCK_T=config.block_t, BLOCK_V=config.block_v, BLOCK_H=config.block_h,
+            GROUP_T=group_t, IGNORE=IGNORE_INDEX, PRECISION=precision, UPCAST=upcast,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )  # fmt: skip
+        merge_t = 64
+        _token_scores_merge_kernel[(triton.cdiv(count, merge_t),)](
+            stats, target_logit, targets[start:end], surprisal[start:end], entropy[start:end],
+            count, n_blocks_v, BLOCK_T=merge_t, BLOCK_N=32, IGNORE=IGNORE_INDEX,
+        )  # fmt: skip
+    return TokenScores(surprisal, entropy)
+
+
+def token_scores_split_fwd(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
@@ -139,7 +319,7 @@ def token_scores_fwd(
         chunk_size = max(1, min(tokens, max_chunk_bytes // (4 * vocab)))
     surprisal = _empty(tokens, hidden.device)
     entropy = _empty(tokens, hidden.device)
-    use_triton = hidden.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    use_triton = _triton_can_run(hidden.device)
     if not use_triton and not _logged_fallback:
         logger.warning(
             "token_scores: Triton needs a CUDA device (or TRITON_INTERPRET=1); reducing with "
@@ -148,10 +328,6 @@ def token_scores_fwd(
         )
         _logged_fallback = True
     block_v = min(4096, triton.next_power_of_2(vocab))
-    if weight.dtype != hidden.dtype and hidden.dtype != torch.float32:
-        weight = weight.to(hidden.dtype)
-    if hidden.dtype == torch.float32 and weight.dtype != torch.float32:
-        weight = weight.float()
     for start in range(0, tokens, chunk_size):
         end = min(start + chunk_size, tokens)
         logits = _logits_fp32(hidden[start:end], weight)  # [chunk, V] fp32
@@ -175,12 +351,29 @@ def token_scores_fwd(
     return TokenScores(surprisal, entropy)
 
 
+def resolve_method(method: str, hidden: torch.Tensor) -> str:
+    """ "auto": fused for bf16/fp16 on a GPU (tensor cores), split otherwise (the CPU's torch
+    GEMM; fp32 on a GPU, where cuBLAS's full-precision GEMM beats an IEEE Triton dot)."""
+    if method not in METHODS:
+        raise ValueError(f"token_scores: method must be one of {METHODS}, got {method!r}")
+    if method == "fused" and not _triton_can_run(hidden.device):
+        raise ValueError(
+            f"token_scores: method='fused' needs a CUDA device or TRITON_INTERPRET=1, got "
+            f"{hidden.device}"
+        )
+    if method != "auto":
+        return method
+    return "fused" if hidden.is_cuda and hidden.dtype != torch.float32 else "split"
+
+
 def token_scores(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
     *,
     chunk_size: int | None = None,
+    method: str = "auto",
+    fused_config: FusedConfig | None = None,
 ) -> TokenScores:
     """Surprisal and entropy of each target token under the LM head, fused with its GEMM.
 
@@ -188,7 +381,10 @@ def token_scores(
         hidden: [T, H] final hidden states (bf16, fp16 or fp32).
         weight: [V, H] LM-head weight (cast to hidden's dtype when they differ).
         targets: [T] int64 next-token ids; -100 skips a position (both scores 0).
-        chunk_size: tokens per GEMM chunk; default keeps a chunk's fp32 logits under 512 MiB.
+        chunk_size: tokens per GEMM chunk of the split method; default keeps a chunk's fp32
+            logits under 512 MiB.
+        method: "auto" (fused for bf16/fp16 on a GPU, split otherwise), "fused" or "split".
+        fused_config: tile shape of the fused kernel (default DEFAULT_FUSED).
 
     Returns:
         TokenScores(surprisal, entropy): float32 [T] each, natural log.
@@ -206,7 +402,12 @@ def token_scores(
         raise ValueError(f"token_scores: hidden must be bf16, fp16 or fp32, got {hidden.dtype}")
     if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"token_scores: chunk_size must be > 0, got {chunk_size}")
+    method = resolve_method(method, hidden)
     targets = targets.to(device=hidden.device, dtype=torch.int64).contiguous()
     valid = ((targets >= 0) & (targets < weight.shape[0])) | (targets == IGNORE_INDEX)
     torch._assert_async(valid.all(), "token_scores: targets must be in [0, V) or -100")
-    return token_scores_fwd(hidden.contiguous(), weight.contiguous(), targets, chunk_size)
+    weight = weight.to(hidden.dtype).contiguous()
+    hidden = hidden.contiguous()
+    if method == "fused":
+        return token_scores_fused_fwd(hidden, weight, targets, fused_config)
+    return token_scores_split_fwd(hidden, weight, targets, chunk_size)

@@ -10,7 +10,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# ../shared/data beside the checkout; CD_FAST_SHARED_DATA points elsewhere (bench/gpu.sh sets it
+# to the copy it carried to the GPU machine).
+SHARED_DATA = Path(os.environ.get("CD_FAST_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 @pytest.fixture

@@ -45,6 +45,42 @@ def test_matches_float64_reference(tokens, vocab, dtype):
     assert (got.surprisal[::5] == 0).all() and (got.entropy[::5] == 0).all()
 
 
+@pytest.mark.parametrize("tokens,vocab,size", [(1, 97, 64), (37, 1003, 48), (130, 5003, 96)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_matches_float64_reference(tokens, vocab, size, dtype):
+    """The fused GEMM-epilogue kernel: odd T, V and H (masked tiles), ignored rows, small tiles
+    so that rows span several token tiles and several groups."""
+    generator = torch.Generator().manual_seed(tokens + vocab)
+    hidden = (torch.randn(tokens, size, generator=generator) * 2).to(dtype)
+    weight = (torch.randn(vocab, size, generator=generator) / 4).to(dtype)
+    targets = torch.randint(0, vocab, (tokens,), generator=generator)
+    targets[1::5] = -100
+    config = module.FusedConfig(block_t=16, block_v=64, block_h=16, num_warps=4, num_stages=2,
+                                group_bytes=2 * 16 * size * hidden.element_size())  # fmt: skip
+    got = token_scores(hidden, weight, targets, method="fused", fused_config=config)
+    want = token_scores_ref(hidden, weight, targets)
+    assert relative_error(got.surprisal, want.surprisal) < TOLERANCE[dtype]
+    assert relative_error(got.entropy, want.entropy) < TOLERANCE[dtype]
+    assert (got.surprisal[1::5] == 0).all() and (got.entropy[1::5] == 0).all()
+
+
+def test_fused_statistics_chunks_and_method_choice(monkeypatch):
+    generator = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(70, 32, generator=generator), torch.randn(300, 32)
+    targets = torch.randint(0, 300, (70,), generator=generator)
+    config = module.FusedConfig(16, 64, 16, 4, 2)
+    small = module.token_scores_fused_fwd(hidden, weight, targets, config, max_stats_bytes=1)
+    whole = token_scores(hidden, weight, targets, method="fused", fused_config=config)
+    assert torch.allclose(small.surprisal, whole.surprisal)
+    assert torch.allclose(small.entropy, whole.entropy)
+    assert module.resolve_method("auto", hidden) == "split"  # CPU: torch's GEMM
+    with pytest.raises(ValueError, match="method must be one of"):
+        token_scores(hidden, weight, targets, method="bogus")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        token_scores(hidden, weight, targets, method="fused")
+
+
 def test_chunking_does_not_change_results():
     generator = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(50, 32, generator=generator), torch.randn(300, 32)
@@ -86,16 +122,40 @@ def test_bad_shapes():
         token_scores(torch.zeros(2, 4), torch.zeros(5, 4), torch.tensor([0, 5]))
 
 
+def reference_in_chunks(hidden, weight, targets, rows=1024):
+    """The float64 reference, a chunk of rows at a time (the full [T, V] would not fit)."""
+    parts = [
+        token_scores_ref(hidden[i : i + rows], weight, targets[i : i + rows])
+        for i in range(0, hidden.shape[0], rows)
+    ]
+    return module.TokenScores(*(torch.cat(p) for p in zip(*parts, strict=True)))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_matches_reference_on_gpu(dtype):
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    hidden = torch.randn(4097, 896, device="cuda", generator=generator).to(dtype)
-    weight = (torch.randn(151936, 896, device="cuda", generator=generator) / 30).to(dtype)
-    targets = torch.randint(0, 151936, (4097,), device="cuda", generator=generator)
+@pytest.mark.parametrize(
+    "tokens,size,dtype,method",
+    [
+        (16384, 1536, torch.bfloat16, "fused"),  # the scorer's real shape: Qwen2.5-1.5B head
+        (16384, 1536, torch.bfloat16, "split"),
+        (4097, 896, torch.float16, "fused"),
+        (4097, 896, torch.float32, "auto"),
+        (37, 4096, torch.bfloat16, "fused"),
+    ],
+)
+@pytest.mark.parametrize("config", sorted(module.FUSED_CONFIGS))
+def test_matches_reference_on_gpu(tokens, size, dtype, method, config):
+    if method != "fused" and config != module.DEFAULT_FUSED:
+        pytest.skip("the tile shape only matters to the fused method")
+    generator = torch.Generator(device="cuda").manual_seed(tokens + size)
+    vocab = 151936
+    hidden = torch.randn(tokens, size, device="cuda", generator=generator).to(dtype)
+    weight = (torch.randn(vocab, size, device="cuda", generator=generator) / 30).to(dtype)
+    targets = torch.randint(0, vocab, (tokens,), device="cuda", generator=generator)
     targets[::3] = -100
-    got = token_scores(hidden, weight, targets)
-    want = token_scores_ref(hidden, weight, targets)
+    got = token_scores(hidden, weight, targets, method=method,
+                       fused_config=module.FUSED_CONFIGS[config])  # fmt: skip
+    want = reference_in_chunks(hidden, weight, targets)
     assert relative_error(got.surprisal, want.surprisal) < TOLERANCE[dtype]
     assert relative_error(got.entropy, want.entropy) < TOLERANCE[dtype]
+    assert (got.surprisal[::3] == 0).all()
