@@ -110,7 +110,12 @@ def run(args: argparse.Namespace) -> list[dict]:
             flops = 2 * sum(n * n for n in lengths) * heads * dim * 3.5
             for name, forward in _providers(q, k, v, lengths).items():
                 peak_memory_reset(device)
-                ms = time_device(functools.partial(_fwd_bwd, forward), device, repeats=1)
+                try:
+                    ms = time_device(functools.partial(_fwd_bwd, forward), device, repeats=1)
+                except torch.OutOfMemoryError:  # the dense-mask baselines at long lengths
+                    print(f"{shape} mean {mean}: {name} out of memory")
+                    torch.cuda.empty_cache()
+                    continue
                 memory = peak_memory_gib(device)
                 rows.append(
                     {

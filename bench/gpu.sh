@@ -11,10 +11,9 @@
 # missing packages travel as wheels over several back-to-back calls (a warm machine keeps /tmp):
 #   here, once:  bash ../shared/tools/device-wheels.sh && bash ../shared/tools/device-fa4.sh
 #                bash bench/gpu.sh --prepare      # data, tools, tokenizer, epoch traces -> .device/
-#   call 1 (carry .fa4-1 .whl .device):  bash bench/gpu.sh stash tests
-#   call 2 (carry .fa4-2):               bash bench/gpu.sh stash kernels
-#   call 3 (carry .whl-bnb):             bash bench/gpu.sh stash train
-#   call 4:                              bash bench/gpu.sh train-qlora epoch
+#   call 1 (carry .fa4-1 .whl .device):  bash bench/gpu.sh stash
+#   call 2 (carry .fa4-2 .whl-bnb):      bash bench/gpu.sh stash tests train
+#   call 3:                              bash bench/gpu.sh kernels train-qlora epoch
 # `stash` copies whatever wheel folders came with the call to /tmp/cd_fast-wheels; every stage
 # installs what is stashed (once) and builds the extension (once).
 set -euo pipefail
@@ -25,6 +24,22 @@ if [ "${1:-}" = "--prepare" ]; then
   mkdir -p .whl-bnb
   grep -qx '/.whl-bnb/' .git/info/exclude 2>/dev/null || echo '/.whl-bnb/' >> .git/info/exclude
   if compgen -G ".whl/bitsandbytes-*.whl" > /dev/null; then mv .whl/bitsandbytes-*.whl .whl-bnb/; fi
+  # Keep only the device's CUDA 13.0 library (129 MB of CUDA/ROCm builds otherwise).
+  python3 - .whl-bnb/bitsandbytes-*.whl <<'PY'
+import re, sys, zipfile
+
+path = sys.argv[1]
+with zipfile.ZipFile(path) as wheel:
+    items = [(i, wheel.read(i)) for i in wheel.infolist()]
+drop = re.compile(r"libbitsandbytes_(cuda(?!130)|rocm)\w*\.so")
+with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
+    for info, data in items:
+        if drop.search(info.filename):
+            continue
+        if info.filename.endswith("RECORD"):
+            data = b"\n".join(x for x in data.split(b"\n") if not drop.search(x.decode()))
+        wheel.writestr(info, data)
+PY
   rm -rf .device && mkdir -p .device/epoch
   cp -r ../shared/data .device/data && cp -r ../shared/tools .device/tools
   commit=$(git rev-parse --short HEAD)
@@ -126,7 +141,7 @@ for stage in "$@"; do
     train)
       setup
       python3 -m bench --results-dir "$results" train --tools-dir "$tools" --profile \
-        --runs 0.5b-full-1500 1.5b-full-1500 ;;
+        --runs 0.5b-full-1500 1.5b-full-1500 --variants bf16 ;;
     train-qlora)
       setup
       python3 -m bench --results-dir "$results" train --tools-dir "$tools" --profile \

@@ -218,6 +218,16 @@ def _profile(trainer, path: Path) -> None:
     print(f"profile: {path}")
 
 
+def _json_line(line: str) -> dict | None:
+    """The anchors print one JSON object per setting among the trainers' own logs."""
+    if not line.startswith('{"'):
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 def _trl_runs(name: str, args: argparse.Namespace) -> list[dict]:
     _, _, mean, script, size, which, batch = RUNS[name]
     if args.trl_settings == "best":
@@ -234,7 +244,7 @@ def _trl_runs(name: str, args: argparse.Namespace) -> list[dict]:
         done = subprocess.run(
             [sys.executable, str(args.tools_dir / script)], env=env, capture_output=True, text=True
         )
-        results = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+        results = [r for r in map(_json_line, done.stdout.splitlines()) if r is not None]
     if done.returncode != 0 and not results:
         print(f"{name}: TRL anchor failed: {done.stderr[-800:]}")
     rows = []

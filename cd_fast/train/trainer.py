@@ -131,6 +131,8 @@ class Trainer:
         self.rank, self.world_size, local_rank = _distributed()
         if config.device:
             self.device = torch.device(config.device)
+            if self.device.type == "cuda" and self.device.index is None:
+                self.device = torch.device("cuda", local_rank)  # set_device wants an index
         elif torch.cuda.is_available():
             self.device = torch.device("cuda", local_rank)
         else:
