@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import attention, compress, pack, segment, token_scores, train
+from . import attention, compress, pack, plot, segment, token_scores, train
 
 BENCHMARKS = {
     "segment": segment,
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "token_scores": token_scores,
     "compress": compress,
     "train": train,
+    "plot": plot,
 }
 
 

@@ -45,10 +45,10 @@ def environment() -> dict[str, Any]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "none"
-    commit = _git("rev-parse", "--short", "HEAD")
-    if not commit:  # a copy without .git (the GPU machine): bench/gpu.sh passes the commit
-        commit = os.environ.get("CD_FAST_COMMIT", "unknown")
-    elif _git("status", "--porcelain", "--untracked-files=no"):
+    # bench/gpu.sh passes the commit its files were prepared at: the GPU machine's copy of the
+    # tree may carry a stale .git.
+    commit = os.environ.get("CD_FAST_COMMIT") or _git("rev-parse", "--short", "HEAD") or "unknown"
+    if "CD_FAST_COMMIT" not in os.environ and _git("status", "--porcelain", "--untracked-files=no"):
         commit += "-dirty"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return {

@@ -10,7 +10,7 @@ One pass over vocabulary tiles keeps a running max m, s = sum exp(x - m) and
 a = sum exp(x - m) x; a new max m' rescales both by exp(m - m'). At the end lse = m + log s and
 sum p x = a / s. Targets of -100 score 0.
 
-Two methods, picked by `method` (default "auto": fused for bf16/fp16 on a GPU, split otherwise):
+Two methods, picked by `method` (default "split", the faster one measured on an H100):
 
 fused  One Triton kernel per [BLOCK_T, BLOCK_V] tile: the tile's logits are accumulated in
        registers (tensor cores, fp32 accumulators) and reduced in the epilogue to per-row partial
@@ -26,7 +26,10 @@ split  The logits of a chunk of tokens come from one cuBLAS GEMM with fp32 outpu
        row reduces them in a single read. Extra memory is one chunk (under `max_chunk_bytes`,
        512 MiB by default); the price is writing and re-reading 4V bytes per token. It is the
        CPU path (torch GEMM) and the fallback for fp32 inputs on a GPU.
-bench/token_scores.py times both against the bare GEMM and Liger's fused kernel.
+bench/token_scores.py times both against the bare GEMM and Liger's fused kernel. On an H100
+(bench/results/token_scores.md, T 16k, V 151,936, bf16) split took 1.52x / 1.25x the bare GEMM
+at H 1536 / 4096 and the best fused tile shape 1.70x / 1.38x: the Triton main loop (cp.async +
+wgmma, no TMA, no warp specialisation) does not keep up with cuBLAS, so split is the default.
 """
 
 from __future__ import annotations
@@ -245,15 +248,16 @@ class FusedConfig:
     """Hidden rows per group (GROUP_T token tiles) kept under this many bytes, to stay in L2."""
 
 
-# Candidates the benchmark sweeps on the GPU; DEFAULT_FUSED is the one it measured fastest.
+# Candidates the benchmark sweeps on the GPU; DEFAULT_FUSED is the one it measured fastest over
+# H 1536 and 4096 on an H100 (bench/results/token_scores.md).
 FUSED_CONFIGS = {
     "t128-v128-w8": FusedConfig(128, 128, 64, 8, 4),
     "t128-v128-w4": FusedConfig(128, 128, 64, 4, 4),
     "t128-v256-w8": FusedConfig(128, 256, 64, 8, 3),
     "t256-v128-w8": FusedConfig(256, 128, 64, 8, 3),
 }
-DEFAULT_FUSED = "t128-v128-w8"
-METHODS = ("auto", "fused", "split")
+DEFAULT_FUSED = "t256-v128-w8"
+METHODS = ("split", "fused")
 
 
 def _empty(size: int, device: torch.device) -> torch.Tensor:
@@ -351,9 +355,7 @@ def token_scores_split_fwd(
     return TokenScores(surprisal, entropy)
 
 
-def resolve_method(method: str, hidden: torch.Tensor) -> str:
-    """ "auto": fused for bf16/fp16 on a GPU (tensor cores), split otherwise (the CPU's torch
-    GEMM; fp32 on a GPU, where cuBLAS's full-precision GEMM beats an IEEE Triton dot)."""
+def check_method(method: str, hidden: torch.Tensor) -> None:
     if method not in METHODS:
         raise ValueError(f"token_scores: method must be one of {METHODS}, got {method!r}")
     if method == "fused" and not _triton_can_run(hidden.device):
@@ -361,9 +363,6 @@ def resolve_method(method: str, hidden: torch.Tensor) -> str:
             f"token_scores: method='fused' needs a CUDA device or TRITON_INTERPRET=1, got "
             f"{hidden.device}"
         )
-    if method != "auto":
-        return method
-    return "fused" if hidden.is_cuda and hidden.dtype != torch.float32 else "split"
 
 
 def token_scores(
@@ -372,7 +371,7 @@ def token_scores(
     targets: torch.Tensor,
     *,
     chunk_size: int | None = None,
-    method: str = "auto",
+    method: str = "split",
     fused_config: FusedConfig | None = None,
 ) -> TokenScores:
     """Surprisal and entropy of each target token under the LM head, fused with its GEMM.
@@ -383,7 +382,8 @@ def token_scores(
         targets: [T] int64 next-token ids; -100 skips a position (both scores 0).
         chunk_size: tokens per GEMM chunk of the split method; default keeps a chunk's fp32
             logits under 512 MiB.
-        method: "auto" (fused for bf16/fp16 on a GPU, split otherwise), "fused" or "split".
+        method: "split" (cuBLAS GEMM per chunk + Triton reduction; the faster on an H100) or
+            "fused" (the reduction in a Triton GEMM's epilogue).
         fused_config: tile shape of the fused kernel (default DEFAULT_FUSED).
 
     Returns:
@@ -402,7 +402,7 @@ def token_scores(
         raise ValueError(f"token_scores: hidden must be bf16, fp16 or fp32, got {hidden.dtype}")
     if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"token_scores: chunk_size must be > 0, got {chunk_size}")
-    method = resolve_method(method, hidden)
+    check_method(method, hidden)
     targets = targets.to(device=hidden.device, dtype=torch.int64).contiguous()
     valid = ((targets >= 0) & (targets < weight.shape[0])) | (targets == IGNORE_INDEX)
     torch._assert_async(valid.all(), "token_scores: targets must be in [0, V) or -100")

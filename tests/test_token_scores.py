@@ -73,7 +73,6 @@ def test_fused_statistics_chunks_and_method_choice(monkeypatch):
     whole = token_scores(hidden, weight, targets, method="fused", fused_config=config)
     assert torch.allclose(small.surprisal, whole.surprisal)
     assert torch.allclose(small.entropy, whole.entropy)
-    assert module.resolve_method("auto", hidden) == "split"  # CPU: torch's GEMM
     with pytest.raises(ValueError, match="method must be one of"):
         token_scores(hidden, weight, targets, method="bogus")
     monkeypatch.delenv("TRITON_INTERPRET")
@@ -139,7 +138,7 @@ def reference_in_chunks(hidden, weight, targets, rows=1024):
         (16384, 1536, torch.bfloat16, "fused"),  # the scorer's real shape: Qwen2.5-1.5B head
         (16384, 1536, torch.bfloat16, "split"),
         (4097, 896, torch.float16, "fused"),
-        (4097, 896, torch.float32, "auto"),
+        (4097, 896, torch.float32, "split"),
         (37, 4096, torch.bfloat16, "fused"),
     ],
 )

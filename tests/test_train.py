@@ -463,6 +463,28 @@ def test_two_gloo_processes_match_one(tiny_models, shared_data, tmp_path):
         assert got[step] == pytest.approx(expected[step], rel=1e-5)
 
 
+def test_liger_patches_stay_on_their_model():
+    """Liger's patch functions swap transformers' module-level classes for the whole process;
+    apply_liger undoes that, so a model built afterwards (a CPU scorer, say) stays stock."""
+    pytest.importorskip("liger_kernel")
+    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers.models.qwen2 import modeling_qwen2
+
+    from cd_fast.train.model import apply_liger
+
+    before = dict(vars(modeling_qwen2))
+    config = Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, vocab_size=50)  # fmt: skip
+    patched = AutoModelForCausalLM.from_config(config)
+    assert apply_liger(patched, explicit=True)
+    names = {m._get_name() for m in patched.modules()}
+    assert {"LigerRMSNorm", "LigerSwiGLUMLP"} <= names, names
+    assert dict(vars(modeling_qwen2)) == before
+    fresh = AutoModelForCausalLM.from_config(config)
+    assert "LigerRMSNorm" not in {m._get_name() for m in fresh.modules()}
+    assert torch.isfinite(fresh(torch.tensor([[1, 2, 3]])).logits).all()  # CPU: no Triton
+
+
 # ---- GPU (bash bench/gpu.sh runs these on the device) ----
 
 

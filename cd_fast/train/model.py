@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,14 @@ def load_model(
 
 
 def apply_liger(model: nn.Module, explicit: bool) -> bool:
-    """Liger RMSNorm/RoPE/SwiGLU kernels in place (the loss is fused separately)."""
+    """Liger RMSNorm/SwiGLU kernels on this model's modules (the loss is fused separately).
+
+    Liger's patch functions also replace the modeling module's RMSNorm and MLP classes and its
+    RoPE function for the whole process, so every model of that architecture built later would
+    run Liger's Triton kernels, on the CPU too (where they fail). Those module-level changes are
+    undone; the instance keeps its patched modules. Liger's RoPE exists only as such a
+    process-wide patch, so it is not used.
+    """
     try:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
     except ImportError:
@@ -79,14 +87,22 @@ def apply_liger(model: nn.Module, explicit: bool) -> bool:
             raise ImportError("liger=True but liger-kernel is not installed") from None
         logger.warning("liger-kernel is not installed: RMSNorm/RoPE/SwiGLU run unfused")
         return False
+    lm = causal_lm(model)
+    modeling = sys.modules[type(lm).__module__]
+    before = dict(vars(modeling))
     _apply_liger_kernel_to_instance(
-        model=causal_lm(model),
-        rope=True,
+        model=lm,
+        rope=False,
         rms_norm=True,
         swiglu=True,
         cross_entropy=False,
         fused_linear_cross_entropy=False,
     )
+    for name, value in list(vars(modeling).items()):
+        if name not in before:
+            delattr(modeling, name)
+        elif before[name] is not value:
+            setattr(modeling, name, before[name])
     return True
 
 
