@@ -239,8 +239,8 @@ _logged_fallback = False
 class FusedConfig:
     """Tile shape and launch options of the fused kernel."""
 
-    block_t: int = 128
-    block_v: int = 256
+    block_t: int = 256
+    block_v: int = 128
     block_h: int = 64
     num_warps: int = 8
     num_stages: int = 3
@@ -355,7 +355,7 @@ def token_scores_split_fwd(
     return TokenScores(surprisal, entropy)
 
 
-def check_method(method: str, hidden: torch.Tensor) -> None:
+def _check_method(method: str, hidden: torch.Tensor) -> None:
     if method not in METHODS:
         raise ValueError(f"token_scores: method must be one of {METHODS}, got {method!r}")
     if method == "fused" and not _triton_can_run(hidden.device):
@@ -402,7 +402,7 @@ def token_scores(
         raise ValueError(f"token_scores: hidden must be bf16, fp16 or fp32, got {hidden.dtype}")
     if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"token_scores: chunk_size must be > 0, got {chunk_size}")
-    check_method(method, hidden)
+    _check_method(method, hidden)
     targets = targets.to(device=hidden.device, dtype=torch.int64).contiguous()
     valid = ((targets >= 0) & (targets < weight.shape[0])) | (targets == IGNORE_INDEX)
     torch._assert_async(valid.all(), "token_scores: targets must be in [0, V) or -100")
