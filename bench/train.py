@@ -164,7 +164,8 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
         model = str(path)
     tokens = args.qlora_tokens_per_step if qlora else args.tokens_per_step
     config = TrainConfig(
-        output_dir=str(workdir / f"run-{name}"), max_steps=args.steps, logging_steps=1,
+        output_dir=str(workdir / f"run-{name}"), max_steps=args.steps,
+        logging_steps=max(1, args.warmup),  # a metrics row (a host sync) per window, not per step
         save_steps=0, max_tokens_per_step=tokens, max_seq_length=4096, learning_rate=1e-5,
         lr_scheduler_type="constant", export="none", device=args.device, bf16=bf16,
         lora_r=16 if qlora else 0, load_in_4bit=qlora, gradient_checkpointing=qlora,
