@@ -227,8 +227,14 @@ def test_one_step_equals_accumulated_micro_steps(tiny_models, shared_data, tmp_p
     (losses_1, params_1), (losses_4, params_4) = runs[1], runs[4]
     for step in (1, 2):
         assert losses_4[step] == pytest.approx(losses_1[step], rel=1e-5)
+    # The gradient norm sees a mis-scaled accumulation, which AdamW's update would hide.
+    norms = {a: [json.loads(x)["grad_norm"] for x in (tmp_path / str(a) / "run" /
+             "metrics.jsonl").read_text().splitlines()] for a in (1, 4)}  # fmt: skip
+    assert norms[4] == pytest.approx(norms[1], rel=1e-4)
+    # AdamW turns fp32 summation-order noise on near-zero gradients into updates of up to a
+    # few 1e-6 at this learning rate (3e-3): a tolerance above that.
     for name, param in params_1.items():
-        assert torch.allclose(params_4[name], param, rtol=1e-4, atol=1e-6), name
+        assert torch.allclose(params_4[name], param, rtol=1e-4, atol=1e-5), name
 
 
 def test_split_step_balances_micro_batches():
