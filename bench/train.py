@@ -205,13 +205,11 @@ def _profile(trainer, path: Path) -> None:
     """Two more steps under torch.profiler: the top kernels by total time, to a text file."""
     from torch.profiler import ProfilerActivity, profile
 
-    from cd_fast.train.trainer import TrainResult
-
-    trainer.total_steps = trainer.step + 2
+    trainer.total_steps = trainer.step + 2  # train() goes on from where it stopped
     on_cuda = trainer.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     with profile(activities=activities) as prof:
-        trainer._loop(TrainResult(trainer.output_dir, trainer.step, trainer.total_steps))
+        trainer.train()
         if on_cuda:
             torch.cuda.synchronize()
     sort = "cuda_time_total" if on_cuda else "cpu_time_total"
@@ -240,8 +238,9 @@ def _trl_runs(name: str, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, "SIZE": size, "MEANLEN": str(mean), "WHICH": which, "BS": str(batch),
                "STEPS": str(args.steps), "NSEQ": str(args.sequences), "OUT": out}  # fmt: skip
-        if scratch_dir():
-            env["TMPDIR"] = scratch_dir()  # the QLoRA anchor saves its 16 GB model there
+        scratch = scratch_dir()
+        if scratch:
+            env["TMPDIR"] = scratch  # the QLoRA anchor saves its 16 GB model there
         done = subprocess.run(
             [sys.executable, str(args.tools_dir / script)], env=env, capture_output=True, text=True
         )

@@ -72,7 +72,7 @@ class TrainConfig:
     load_in_4bit: bool = False
     """QLoRA: NF4 base weights with double quantisation (needs lora_r > 0)."""
     liger: bool | None = None
-    """Liger RMSNorm/RoPE/SwiGLU patches and fused linear cross entropy (default: on CUDA)."""
+    """Liger RMSNorm/SwiGLU kernels and fused linear cross entropy (default: on CUDA)."""
     compile: bool = False
     """torch.compile each decoder block."""
     target_template: str = DEFAULT_TARGET_TEMPLATE

@@ -85,7 +85,7 @@ def apply_liger(model: nn.Module, explicit: bool) -> bool:
     except ImportError:
         if explicit:
             raise ImportError("liger=True but liger-kernel is not installed") from None
-        logger.warning("liger-kernel is not installed: RMSNorm/RoPE/SwiGLU run unfused")
+        logger.warning("liger-kernel is not installed: RMSNorm/SwiGLU run unfused")
         return False
     lm = causal_lm(model)
     modeling = sys.modules[type(lm).__module__]
