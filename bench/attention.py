@@ -10,7 +10,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from cd_fast.train.attention import available_backends, varlen_attention
+from cd_fast.attention import available_backends, varlen_attention
 
 from .harness import (
     environment,

@@ -49,7 +49,7 @@ def collate_python(sequences: list[list[int]], prompts: list[int], device) -> tu
 def step_time_ms(batch, device) -> float:
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from cd_fast.train.attention import register
+    from cd_fast.attention import register
 
     config = Qwen2Config(
         vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

@@ -140,6 +140,7 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
     from transformers import AutoModelForCausalLM
 
     from cd_fast.train import TrainConfig, Trainer, TrainSet
+    from cd_fast.train.metrics import peak_flops
 
     shape, mode, mean, *_ = RUNS[name]
     config_class, options = SHAPES[shape]
@@ -177,26 +178,21 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
         ModelShape.from_config(model_config), config, device.type == "cuda", qlora, 1
     )
     trainer = Trainer(model, data, config, progress=False)
-    trainer.train()
-    rows = [
-        json.loads(x)
-        for x in (Path(config.output_dir) / "metrics.jsonl").read_text().split("\n")
-        if x
-    ]
+    result = trainer.train()
     if args.profile:
         _profile(trainer, args.results_dir / f"train-profile-{name}-{label}.txt")
+    peak = peak_flops(trainer.device)
     del trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    timed = [r for r in rows if r["step"] > args.warmup]
-    seconds = sum(r["label_tokens"] / r["tokens_per_s"] for r in timed)
-    tokens_total = sum(r["label_tokens"] for r in timed)
-    mfu = [r["mfu"] * r["label_tokens"] / r["tokens_per_s"] for r in timed if "mfu" in r]
+    timed = [t for t in result.timings if t.first_step > args.warmup]
+    seconds = sum(t.seconds for t in timed)
+    tokens_total = sum(t.label_tokens for t in timed)
     return {
         "provider": f"cd_fast ({label}, {tokens} tok/step)",
         "label_tok_per_s": round(tokens_total / seconds, 1),
-        "mfu": round(sum(mfu) / seconds, 4) if mfu else "",
-        "peak_gib": max(r["peak_memory_gib"] for r in rows),
+        "mfu": round(sum(t.flops for t in timed) / seconds / peak, 4) if peak else "",
+        "peak_gib": max(t.peak_memory_gib for t in result.timings),
         "estimate_gib": round(estimate.total / 2**30, 2),
     }
 
@@ -295,7 +291,7 @@ def _epoch_rows(args: argparse.Namespace, workdir: Path) -> list[dict]:
     rows = []
     for label, path in zip(("original", "compressed"), args.epoch, strict=True):
         trainer = Trainer(student, path, config(f"epoch-{label}", num_train_epochs=1),
-                          progress=False)  # fmt: skip
+                          progress=False).setup()  # fmt: skip
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()

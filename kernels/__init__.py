@@ -11,7 +11,13 @@ if __name__ != "cd_fast.kernels":
     __file__ = None
     __path__ = []
 else:
-    from cd_fast.kernels.pack import IGNORE_INDEX, PackedBatch, TokenStore, pack_sequences
+    from cd_fast.kernels.pack import (
+        IGNORE_INDEX,
+        PackedBatch,
+        TokenStore,
+        label_token_count,
+        pack_sequences,
+    )
     from cd_fast.kernels.token_scores import TokenScores, token_scores
 
     __all__ = [
@@ -19,6 +25,7 @@ else:
         "PackedBatch",
         "TokenScores",
         "TokenStore",
+        "label_token_count",
         "pack_sequences",
         "token_scores",
     ]

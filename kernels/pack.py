@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from cd_fast.runtime import warn_once
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -112,7 +114,13 @@ def _triton_can_run(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-_logged_fallback = False
+def label_token_count(lengths: Sequence[int], prompt_lengths: Sequence[int]) -> int:
+    """Tokens that carry a label in packed sequences: all but the prompt's, and never a
+    sequence's first token (nothing before it predicts it). A prompt length <= 0 (a slice that
+    starts inside the target) leaves only that first token out."""
+    lengths_np = np.asarray(lengths, dtype=np.int64)
+    prompts_np = np.asarray(prompt_lengths, dtype=np.int64)
+    return int(np.maximum(lengths_np - np.maximum(prompts_np, 1), 0).sum())
 
 
 def pack_fwd(
@@ -123,7 +131,6 @@ def pack_fwd(
     block_t: int = 1024,
 ) -> PackedBatch:
     """Launch the pack kernel: gather `lengths[b]` tokens from `store` at `src_offsets[b]`."""
-    global _logged_fallback
     count = len(lengths)
     if count == 0:
         raise ValueError("pack: no sequences to pack")
@@ -135,17 +142,16 @@ def pack_fwd(
     np.cumsum(lengths_np[:-1], out=destinations[1:])
     total = int(lengths_np.sum())
     max_seqlen = int(lengths_np.max())
-    num_label_tokens = int(np.maximum(lengths_np - np.maximum(prompts_np, 1), 0).sum())
+    num_label_tokens = label_token_count(lengths_np, prompts_np)
     device = store.device
 
     if not _triton_can_run(device):
-        if not _logged_fallback:
-            logger.warning(
-                "pack_sequences: Triton needs a CUDA device (or TRITON_INTERPRET=1); "
-                "using the torch reference on %s",
-                device,
-            )
-            _logged_fallback = True
+        warn_once(
+            logger,
+            "pack_sequences: Triton needs a CUDA device (or TRITON_INTERPRET=1); "
+            "using the torch reference on %s",
+            device,
+        )
         from cd_fast.kernels.reference import pack_from_store_ref
 
         return pack_from_store_ref(store, src_offsets, lengths, prompt_lengths)

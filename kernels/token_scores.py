@@ -44,6 +44,8 @@ import torch
 import triton
 import triton.language as tl
 
+from cd_fast.runtime import warn_once
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -232,9 +234,6 @@ def _logits_fp32(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return hidden.float() @ weight.float().t()
 
 
-_logged_fallback = False
-
-
 @dataclass(frozen=True)
 class FusedConfig:
     """Tile shape and launch options of the fused kernel."""
@@ -317,20 +316,19 @@ def token_scores_split_fwd(
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
 ) -> TokenScores:
     """Chunked GEMM + single-pass reduction; see the module docstring."""
-    global _logged_fallback
     tokens, vocab = hidden.shape[0], weight.shape[0]
     if chunk_size is None:
         chunk_size = max(1, min(tokens, max_chunk_bytes // (4 * vocab)))
     surprisal = _empty(tokens, hidden.device)
     entropy = _empty(tokens, hidden.device)
     use_triton = _triton_can_run(hidden.device)
-    if not use_triton and not _logged_fallback:
-        logger.warning(
+    if not use_triton:
+        warn_once(
+            logger,
             "token_scores: Triton needs a CUDA device (or TRITON_INTERPRET=1); reducing with "
             "torch on %s",
             hidden.device,
         )
-        _logged_fallback = True
     block_v = min(4096, triton.next_power_of_2(vocab))
     for start in range(0, tokens, chunk_size):
         end = min(start + chunk_size, tokens)

@@ -1,4 +1,10 @@
+"""Shared fixtures: the CLI runner, closeness checks, real data and the real SmolLM2 model
+(loaded once per session), and the traces and scores the compression tests share."""
+
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,6 +19,75 @@ REPO = Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout; CD_FAST_SHARED_DATA points elsewhere (bench/gpu.sh sets it
 # to the copy it carried to the GPU machine).
 SHARED_DATA = Path(os.environ.get("CD_FAST_SHARED_DATA") or REPO.parent / "shared" / "data")
+REAL_MODEL_FIXTURES = {"smollm2", "smollm2_path", "smollm2_dir", "scorer", "scored"}
+# The kinds of real Qwen3-8B trace the compression tests mix (kind, how many of the shortest).
+TRACE_MIX = (("arith", 3), ("deduct", 1), ("recall", 3), ("overthink", 3), ("instruct", 1))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that load the real SmolLM2 carry the `real_model` marker (`-m "not real_model"`
+    leaves them out; their skips are listed by reason in the summary)."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_model)
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Readable test ids: dtypes by name, numbers with their parameter's name."""
+    if isinstance(val, torch.dtype):
+        return str(val).removeprefix("torch.")
+    if isinstance(val, (bool, int, float)):
+        return f"{argname}={val}"
+    return None
+
+
+# ---- running and comparing ----
+
+
+def run_cdfast(*args: object, timeout: float = 900, **options) -> subprocess.CompletedProcess:
+    """`cdfast ARGS` as a user runs it: a subprocess (this checkout first on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **options.pop("env", {})}
+    return subprocess.run(
+        [sys.executable, "-m", "cd_fast.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=options.pop("cwd", REPO),
+        timeout=timeout,
+        **options,
+    )
+
+
+@pytest.fixture
+def cdfast():
+    return run_cdfast
+
+
+def relative_error(ref: torch.Tensor, got: torch.Tensor) -> float:
+    """||got - ref|| / ||ref|| in float64; NaN anywhere in `got` fails."""
+    assert not torch.isnan(got).any(), "NaN in the result"
+    ref64, got64 = ref.detach().double().cpu(), got.detach().double().cpu()
+    return ((got64 - ref64).norm() / ref64.norm().clamp_min(1e-30)).item()
+
+
+def _assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, tol: float) -> None:
+    error = relative_error(ref, got)
+    assert error < tol, f"{name}: relative error {error:.3g} >= {tol:g}"
+
+
+@pytest.fixture
+def assert_close():
+    """assert_close(name, ref, got, tol): relative norm error of `got` against `ref` < tol."""
+    return _assert_close
+
+
+# ---- real data and the real model ----
+
+
+@dataclass(frozen=True)
+class Qwen3Traces:
+    traces: Path  # real Qwen3-8B reasoning traces (think-on)
+    items: Path  # their prompts, joined by id
 
 
 @pytest.fixture
@@ -20,6 +95,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (the shared/ folder beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def qwen3() -> Qwen3Traces:
+    folder = SHARED_DATA / "qwen3-8b-thinking"
+    if not folder.is_dir():
+        pytest.skip(f"real traces not found at {folder} (the shared/ folder beside the repo)")
+    return Qwen3Traces(folder / "qwen3-8b__think-on.jsonl", folder / "items.json")
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +122,62 @@ def smollm2(smollm2_path):
     from cd_fast.models import load_causal_lm
 
     return load_causal_lm(smollm2_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2, tmp_path_factory) -> Path:
+    """The real SmolLM2 as a transformers folder (what servers and --tokenizer take)."""
+    model, tokenizer = smollm2
+    out = tmp_path_factory.mktemp("smollm2-hf")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# ---- what the compression tests share ----
+
+
+@pytest.fixture(scope="session")
+def mixed_traces(qwen3):
+    """The shortest traces of each kind (math, deduction, recall, overthinking, instructions)
+    whose trace states their answer."""
+    from cd_fast.compress.select import contains_answer
+    from cd_fast.data import TraceReader
+    from cd_fast.formats import final_answer
+
+    every = list(TraceReader(qwen3.traces, prompts=qwen3.items))
+    chosen = []
+    for kind, count in TRACE_MIX:
+        usable = [
+            t
+            for t in every
+            if t.id.startswith(kind) and (not t.gold or contains_answer(t.trace, final_answer(t)))
+        ]
+        chosen += sorted(usable, key=lambda t: (len(t.trace), t.id))[:count]
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def short_traces(mixed_traces):
+    """The three shortest of the mixed traces (generation is slow on the CPU)."""
+    return sorted(mixed_traces, key=lambda t: len(t.trace))[:3]
+
+
+@pytest.fixture(scope="session")
+def scorer(smollm2):
+    from cd_fast.score import Scorer
+
+    model, tokenizer = smollm2
+    return Scorer(model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def scored(scorer, mixed_traces) -> dict:
+    """RecordScores of the mixed traces by id. Computed through the kernels' torch paths (the
+    Triton interpreter is tested in test_token_scores/test_pack and would double this time)."""
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        return {record.id: record for record in scorer.score(mixed_traces)}
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved

@@ -2,22 +2,13 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 CDFAST = shutil.which("cdfast")
 
 
-def cdfast(*args, cwd=None):
-    command = [CDFAST] if CDFAST else [sys.executable, "-m", "cd_fast.cli"]
-    return subprocess.run(
-        [*command, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
-
-
-def test_help_teaches_every_command():
+def test_help_teaches_every_command(cdfast):
     result = cdfast("--help")
     assert result.returncode == 0
     for command in ("segment", "bench"):
@@ -26,7 +17,7 @@ def test_help_teaches_every_command():
         assert sub.returncode == 0 and "example" in sub.stdout.lower(), sub.stdout
 
 
-def test_segment_real_traces(shared_data, tmp_path):
+def test_segment_real_traces(shared_data, tmp_path, cdfast):
     folder = shared_data / "qwen3-8b-thinking"
     out = tmp_path / "steps.jsonl"
     result = cdfast(
@@ -50,7 +41,7 @@ def test_segment_real_traces(shared_data, tmp_path):
     assert sum(len(r["steps"]) for r in records) / 200 > 10
 
 
-def test_segment_malformed_line_fails_then_skips(tmp_path):
+def test_segment_malformed_line_fails_then_skips(tmp_path, cdfast):
     source = tmp_path / "in.jsonl"
     source.write_text(
         '{"id": "a", "question": "q", "trace": "One sentence here. Another sentence there."}\n'
@@ -70,7 +61,7 @@ def test_segment_malformed_line_fails_then_skips(tmp_path):
     assert [json.loads(line)["id"] for line in out.open()] == ["a", "c"]
 
 
-def test_segment_rules_from_files(tmp_path):
+def test_segment_rules_from_files(tmp_path, cdfast):
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"question": "q", "trace": "alpha beta Zap gamma delta"}) + "\n")
     markers = tmp_path / "markers.txt"
@@ -81,7 +72,7 @@ def test_segment_rules_from_files(tmp_path):
     assert json.loads(out.read_text())["steps"] == [[0, 11], [11, 26]]
 
 
-def test_bad_arguments_exit_nonzero(tmp_path):
+def test_bad_arguments_exit_nonzero(tmp_path, cdfast):
     missing = cdfast("segment", tmp_path / "nope.jsonl", "-o", tmp_path / "o.jsonl")
     assert missing.returncode == 2 and "no such file" in missing.stderr
     fmt = tmp_path / "data.csv"
@@ -92,7 +83,7 @@ def test_bad_arguments_exit_nonzero(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_segment_writes_results(shared_data, tmp_path):
+def test_bench_segment_writes_results(shared_data, tmp_path, cdfast):
     result = cdfast(
         "bench",
         "--results-dir",

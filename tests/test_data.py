@@ -14,9 +14,9 @@ from cd_fast.data import (
     TraceReader,
     parse_fields,
     read_traces,
-    split_think,
     write_jsonl,
 )
+from cd_fast.formats import split_completion
 
 
 def write_lines(path, records):
@@ -220,10 +220,10 @@ def test_jsonl_streams_in_constant_memory(tmp_path):
     assert reader.progress == reader.progress_total
 
 
-def test_split_think():
-    assert split_think("  <think>a</think> b ") == ("a", "b")
-    assert split_think("a</think>") == ("a", None)
-    assert split_think("no tags") == ("no tags", None)
+def test_split_completion():
+    assert split_completion("  <think>a</think> b ") == ("a", "b")
+    assert split_completion("a</think>") == ("a", None)
+    assert split_completion("no tags") == ("no tags", None)
 
 
 def test_atomic_writer_keeps_old_file_on_error(tmp_path):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +40,17 @@ def test_math500_reference_solutions_grade_correct(shared_data):
         (r"$\boxed{3\sqrt{13}}$", "3", False),
         ("", "7", False),
         ("7", "", False),
+    ],
+    ids=[
+        "boxed-fraction",
+        "answer-line-thousands",
+        "after-think",
+        "after-think-wrong",
+        "gsm8k-hashes",
+        "latex-root",
+        "latex-root-partial",
+        "empty-prediction",
+        "empty-gold",
     ],
 )
 def test_grade_formats(prediction, gold, expected):
@@ -108,22 +116,16 @@ def test_eval_with_a_tiny_model_grades_and_resumes(tiny_student, shared_data, tm
     assert saved["accuracy"] == result["accuracy"] and saved["model"] == str(tiny_student)
 
 
-def test_cli_eval_and_compare(tiny_student, shared_data, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-
-    def cdfast(*args):
-        command = [sys.executable, "-m", "cd_fast.cli", "eval", *map(str, args)]
-        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO,
-                              timeout=600)  # fmt: skip
+def test_cli_eval_and_compare(tiny_student, shared_data, tmp_path, cdfast):
 
     data = shared_data / "gsm8k" / "test.jsonl"
     common = ["--model", tiny_student, "--limit", "3", "--max-new-tokens", "4", "--device", "cpu"]
-    base = cdfast(data, "-o", tmp_path / "base", *common)
+    base = cdfast("eval", data, "-o", tmp_path / "base", *common)
     assert base.returncode == 0, base.stderr[-2000:]
-    other = cdfast(data, "-o", tmp_path / "other", *common, "--baseline", tmp_path / "base")
+    other = cdfast("eval", data, "-o", tmp_path / "other", *common, "--baseline", tmp_path / "base")
     assert other.returncode == 0, other.stderr[-2000:]
     assert "vs_baseline" in json.loads((tmp_path / "other" / "metrics.json").read_text())
-    table = cdfast("--compare", tmp_path / "base", tmp_path / "other")
+    table = cdfast("eval", "--compare", tmp_path / "base", tmp_path / "other")
     assert table.returncode == 0 and "| base |" in table.stdout and "| other |" in table.stdout
-    missing = cdfast(data, "-o", tmp_path / "x")
+    missing = cdfast("eval", data, "-o", tmp_path / "x")
     assert missing.returncode == 2 and "missing model" in missing.stderr

@@ -2,18 +2,16 @@
 surprisal equals its loss, long traces in windows, protection, step scores, the CLI and resume."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from cd_fast.data import Trace, TraceReader
+from cd_fast.formats import extract_answer
 from cd_fast.score import (
     Scorer,
     ScoreStore,
-    extract_answer,
     protected_chars,
     step_reduce,
     token_steps,
@@ -117,15 +115,8 @@ def test_step_reduce():
     assert reduced["max"].tolist() == [3.0, 2.0, 5.0, 0.0]
 
 
-def cdfast(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "cd_fast.cli", *map(str, args)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-
-
 @pytest.mark.slow
-def test_cli_scores_real_traces_and_resumes(smollm2_path, shared_data, tmp_path):
+def test_cli_scores_real_traces_and_resumes(smollm2_path, shared_data, tmp_path, cdfast):
     folder = shared_data / "qwen3-8b-thinking"
     out = tmp_path / "scores"
     args = [

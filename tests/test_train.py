@@ -376,14 +376,6 @@ def test_max_memory_picks_checkpointing_then_accumulation_or_fails(tmp_path):
 # ---- the command line ----
 
 
-def cdfast(*args: str, **options) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "cd_fast.cli", *args], capture_output=True, text=True, env=env,
-        cwd=REPO, timeout=600, **options,
-    )  # fmt: skip
-
-
 def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return [
         "train", str(data / TRACES), "--prompts", str(data / ITEMS), "--model", str(model),
@@ -398,7 +390,7 @@ def metrics(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
-def test_cli_sigterm_checkpoints_and_resume_matches(tiny_models, shared_data, tmp_path):
+def test_cli_sigterm_checkpoints_and_resume_matches(tiny_models, shared_data, tmp_path, cdfast):
     model = tiny_models["qwen2"]
     straight = tmp_path / "straight"
     done = cdfast(*train_args(model, shared_data, straight, "--max-steps", "8", "--export", "none"))
@@ -437,7 +429,7 @@ def test_cli_sigterm_checkpoints_and_resume_matches(tiny_models, shared_data, tm
         assert got[step] == pytest.approx(expected[step], rel=1e-6), step
 
 
-def test_cli_errors_are_one_line(tiny_models, shared_data, tmp_path):
+def test_cli_errors_are_one_line(tiny_models, shared_data, tmp_path, cdfast):
     model = tiny_models["qwen2"]
     too_small = cdfast(*train_args(model, shared_data, tmp_path / "m", "--max-memory", "0.001"))
     assert too_small.returncode == 2
@@ -447,7 +439,7 @@ def test_cli_errors_are_one_line(tiny_models, shared_data, tmp_path):
     assert bad.returncode == 2 and "needs lora_r > 0" in bad.stderr
 
 
-def test_two_gloo_processes_match_one(tiny_models, shared_data, tmp_path):
+def test_two_gloo_processes_match_one(tiny_models, shared_data, tmp_path, cdfast):
     model = tiny_models["qwen3"]
     common = ("--max-steps", "3", "--max-tokens-per-step", "2048", "--export", "none",
               "--lora-r", "8")  # fmt: skip
@@ -573,7 +565,7 @@ def gpu_run(tmp_path: Path, model, **options):
 @needs_gpu
 def test_bf16_full_training_on_gpu_uses_liger_and_the_fastest_attention(tmp_path):
     pytest.importorskip("liger_kernel")
-    from cd_fast.train.attention import available_backends, select_backend
+    from cd_fast.attention import available_backends, select_backend
 
     trainer, losses = gpu_run(tmp_path, gpu_model())
     assert np.mean(losses[-3:]) < losses[0] - 2.0, losses

@@ -6,8 +6,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
+from cd_fast.attention import available_backends, register, select_backend, varlen_attention
 from cd_fast.kernels.pack import pack_sequences
-from cd_fast.train.attention import available_backends, register, select_backend, varlen_attention
 
 # HF computes RMSNorm and RoPE in float32 even for float64 models, hence 1e-6 there.
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 2e-5}
@@ -112,13 +112,9 @@ def per_sequence(model, sequences, prompts):
         model.set_attn_implementation(register())
 
 
-def relative(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
 @pytest.mark.parametrize("arch", sorted(CONFIGS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_packed_equals_per_sequence(arch, dtype):
+def test_packed_equals_per_sequence(arch, dtype, assert_close):
     model = tiny_model(arch, dtype)
     sequences, prompts = sequences_and_prompts()
     batch = pack_sequences(sequences, prompts)
@@ -131,10 +127,10 @@ def test_packed_equals_per_sequence(arch, dtype):
     logits, loss = per_sequence(model, sequences, prompts)
     loss.backward()
     tol = TOLERANCE[dtype]
-    assert relative(packed.logits[0], logits) < tol
+    assert_close("logits", logits, packed.logits[0], tol)
     assert abs(packed.loss.item() - loss.item()) < tol * abs(loss.item())
     for name, param in model.named_parameters():
-        assert relative(packed_grads[name], param.grad) < 10 * tol, name
+        assert_close(name, param.grad, packed_grads[name], 10 * tol)
 
 
 @pytest.mark.parametrize("arch", sorted(CONFIGS))
@@ -153,7 +149,7 @@ def test_no_leakage_between_packed_sequences(arch):
         assert same == (i != 2), i
 
 
-def test_padded_and_position_id_inputs_match_packed():
+def test_padded_and_position_id_inputs_match_packed(assert_close):
     model = tiny_model("qwen3", torch.float64)
     sequences, prompts = sequences_and_prompts()
     batch = pack_sequences(sequences, prompts)
@@ -168,9 +164,9 @@ def test_padded_and_position_id_inputs_match_packed():
         for row, tokens in enumerate(sequences):
             ids[row, : len(tokens)], mask[row, : len(tokens)] = tokens, 1
         padded = model(input_ids=ids, attention_mask=mask).logits
-    assert relative(from_positions, packed) < 1e-6
+    assert_close("from_positions", packed, from_positions, 1e-6)
     unpadded = torch.cat([padded[row, : len(s)] for row, s in enumerate(sequences)])
-    assert relative(unpadded, packed) < 1e-6
+    assert_close("unpadded", packed, unpadded, 1e-6)
 
 
 def test_generation_with_a_cache_says_what_to_do():
@@ -237,7 +233,7 @@ def gpu_backends() -> list[str]:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ["fa4", "fa2", "torch", "sdpa"])
-def test_packed_model_equals_per_sequence_on_gpu(backend, monkeypatch):
+def test_packed_model_equals_per_sequence_on_gpu(backend, monkeypatch, assert_close):
     """A bf16 Qwen2 with 128-wide heads (FA4's shapes), packed through `backend`, against each
     sequence alone through fp32 eager attention: logits, loss and every gradient; and changing
     one sequence leaves the others' logits bit-identical."""
@@ -262,10 +258,10 @@ def test_packed_model_equals_per_sequence_on_gpu(backend, monkeypatch):
     grads = {n: p.grad.float().cpu() for n, p in model.named_parameters()}
     logits_ref, loss_ref = per_sequence(reference, sequences, prompts)
     loss_ref.backward()
-    assert relative(packed.logits[0].float().cpu(), logits_ref.detach()) < 2e-2
+    assert_close("logits", logits_ref.detach(), packed.logits[0].float().cpu(), 2e-2)
     assert abs(packed.loss.item() - loss_ref.item()) < 1e-2 * loss_ref.item()
     for name, param in reference.named_parameters():  # bf16 backward: ~5e-2 on tiny grads
-        assert relative(grads[name], param.grad) < 1e-1, name
+        assert_close(name, param.grad, grads[name], 1e-1)
 
     changed = [s.clone() for s in sequences]
     changed[2] = (changed[2] + 1) % 997

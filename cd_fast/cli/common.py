@@ -53,6 +53,23 @@ def add_input_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_limit_argument(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument(
+        "--limit", type=positive_int, metavar="N", help=f"{verb} only the first N records"
+    )
+
+
 def open_reader(args: argparse.Namespace) -> TraceReader:
     return TraceReader(
         args.input,

@@ -9,18 +9,13 @@ from pathlib import Path
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_input_arguments,
+    add_limit_argument,
     open_reader,
     progress_bar,
     report_skips,
 )
 from cd_fast.compress import CompressConfig, build_engine, compress_file
-from cd_fast.compress.config import (
-    BACKENDS,
-    LOST_ANSWER_POLICIES,
-    METHODS,
-    STEP_CRITERIA,
-    TOKEN_CRITERIA,
-)
+from cd_fast.config import add_config_arguments, config_from_args
 
 NAME = "compress"
 HELP = "compress traces: token/step pruning by importance, truncation, generative rewriting"
@@ -63,77 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
     parser.add_argument("-o", "--output", type=Path, required=True, help="output .jsonl")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    parser.add_argument("--limit", type=int, help="compress only the first N records")
-    knobs = parser.add_argument_group("what to keep")
-    knobs.add_argument("--method", required=True, choices=METHODS)
-    knobs.add_argument(
-        "--criterion", choices=sorted(set(STEP_CRITERIA) | set(TOKEN_CRITERIA)),
-        help="importance criterion (token/step; default surprisal)",
-    )  # fmt: skip
-    knobs.add_argument(
-        "--budget", type=float, default=0.3, help="fraction of each trace's tokens to keep"
-    )
-    knobs.add_argument("--target-tokens", type=int, help="tokens per trace instead of --budget")
-    knobs.add_argument(
-        "--adaptive", action="store_true",
-        help="more budget to harder traces (longer, higher surprisal), same overall ratio",
-    )  # fmt: skip
-    knobs.add_argument(
-        "--protect", action=argparse.BooleanOptionalAction, default=True,
-        help="token pruning keeps numbers, operators, math and the answer",
-    )  # fmt: skip
-    knobs.add_argument("--on-lost-answer", choices=LOST_ANSWER_POLICIES, default="expand")
-    knobs.add_argument(
-        "--keep-original", action="store_true", help="store the original in meta.original_trace"
-    )
-    knobs.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
-    knobs.add_argument(
-        "--match-lengths", type=Path, help="truncate: per-record lengths of another output"
-    )
-    models = parser.add_argument_group("models")
-    models.add_argument("--scores", type=Path, help="folder written by `cdfast score`")
-    models.add_argument("--scorer", help="scorer LM (folder, hub id or .gguf)")
-    models.add_argument(
-        "--tokenizer", help="the student's tokenizer, which counts tokens (default: scorer's)"
-    )
-    models.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    models.add_argument(
-        "--batch-size", type=int, default=64,
-        help="records scored, budgeted and written together (the unit of resume)",
-    )  # fmt: skip
-    models.add_argument(
-        "--generation-batch-size", type=int, default=8, help="rewrite, local: sequences per batch"
-    )
-    rewrite = parser.add_argument_group("rewriting (--method rewrite)")
-    rewrite.add_argument("--level", type=int, choices=(1, 2, 3), default=2)
-    rewrite.add_argument("--prompt", type=Path, help="prompt template file overriding the level's")
-    rewrite.add_argument("--backend", choices=BACKENDS, default="local")
-    rewrite.add_argument("--rewriter", help="instruct model (served model name for http)")
-    rewrite.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
-    rewrite.add_argument("--api-key", help="bearer token (default: $OPENAI_API_KEY)")
-    rewrite.add_argument("--concurrency", type=int, default=8, help="http requests in flight")
-    rewrite.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
-    rewrite.add_argument("--retries", type=int, default=4, help="retries, exponential backoff")
-    rewrite.add_argument("--max-new-tokens", type=int, help="generation cap per trace")
+    add_limit_argument(parser, "compress")
+    add_config_arguments(parser, CompressConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.limit is not None and args.limit <= 0:
-        raise ValueError(f"--limit must be > 0, got {args.limit}")
-    config = CompressConfig(
-        method=args.method, budget=args.budget, target_tokens=args.target_tokens,
-        scores=str(args.scores) if args.scores else None, scorer=args.scorer,
-        tokenizer=args.tokenizer, device=args.device, criterion=args.criterion,
-        adaptive=args.adaptive, protect=args.protect, on_lost_answer=args.on_lost_answer,
-        keep_original=args.keep_original, seed=args.seed, level=args.level,
-        prompt=str(args.prompt) if args.prompt else None, backend=args.backend,
-        rewriter=args.rewriter, base_url=args.base_url, api_key=args.api_key,
-        concurrency=args.concurrency, timeout=args.timeout, retries=args.retries,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        generation_batch_size=args.generation_batch_size,
-        match_lengths=str(args.match_lengths) if args.match_lengths else None,
-    )  # fmt: skip
+    config = config_from_args(CompressConfig, args)
     engine = build_engine(config)
     reader = open_reader(args)
     bar = progress_bar(reader, f"compress ({args.method})")

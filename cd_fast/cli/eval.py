@@ -13,11 +13,14 @@ from tqdm import tqdm
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_input_arguments,
+    add_limit_argument,
     open_reader,
     progress_bar,
     report_skips,
 )
+from cd_fast.config import add_config_arguments, config_from_args
 from cd_fast.eval import EvalConfig, compare_table, evaluate
+from cd_fast.runtime import take
 
 NAME = "eval"
 HELP = "generate with the student, grade with math-verify, report accuracy and output length"
@@ -43,21 +46,12 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser, required=False)
-    parser.add_argument("--model", help="the student: folder, hub id or .gguf file")
     parser.add_argument("-o", "--output", type=Path, help="run folder")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N records")
+    add_limit_argument(parser, "evaluate")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--baseline", type=Path, help="an earlier run folder to compare with")
     parser.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="runs to tabulate")
-    group = parser.add_argument_group("generation (EvalConfig)")
-    group.add_argument("--max-new-tokens", type=int, default=1024)
-    group.add_argument("--batch-size", type=int, default=16)
-    group.add_argument("--stop", action="append", default=[], help="extra stop string")
-    group.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    group.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
-    group.add_argument(
-        "--compile", action="store_true", help="CUDA: static KV cache + torch.compile"
-    )
+    add_config_arguments(parser, EvalConfig, title="generation (EvalConfig)", required=())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,12 +62,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [f for f in ("input", "model", "output") if getattr(args, f) is None]
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or use --compare RUN...)")
-    if args.limit is not None and args.limit <= 0:
-        raise ValueError(f"--limit must be > 0, got {args.limit}")
-    config = EvalConfig(
-        model=args.model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        stop=tuple(args.stop), device=args.device, backend=args.backend, compile=args.compile,
-    )  # fmt: skip
+    config = config_from_args(EvalConfig, args)
     reader = open_reader(args)
     if args.limit is None:
         bar = progress_bar(reader, "eval")
@@ -81,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=args.limit, unit="record", desc="eval", file=sys.stderr)
 
     def records():
-        for index, record in enumerate(reader):
-            if args.limit is not None and index >= args.limit:
-                return
+        for index, record in enumerate(take(reader, args.limit)):
             bar.n = reader.progress if args.limit is None else index + 1
             bar.refresh()
             yield record

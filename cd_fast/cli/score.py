@@ -8,10 +8,12 @@ from pathlib import Path
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_input_arguments,
+    add_limit_argument,
     open_reader,
     progress_bar,
     report_skips,
 )
+from cd_fast.config import add_config_arguments, config_from_args
 from cd_fast.score import ScoreConfig, score_file
 
 NAME = "score"
@@ -40,45 +42,13 @@ print(fetch_smollm2())" (or ../shared/tools/get-smollm2.sh).
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    parser.add_argument(
-        "--model", required=True, help="scorer LM: local folder, hub id or .gguf file"
-    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    parser.add_argument("--limit", type=int, help="score only the first N records")
-    run = parser.add_argument_group("scoring (ScoreConfig)")
-    defaults = ScoreConfig(model="")
-    run.add_argument(
-        "--max-tokens-per-batch", type=int, default=defaults.max_tokens_per_batch,
-        help="token budget of one packed forward pass",
-    )  # fmt: skip
-    run.add_argument(
-        "--window", type=int, help="longest sequence per forward (default: model context <= 8192)"
-    )
-    run.add_argument(
-        "--overlap", type=int, default=defaults.overlap,
-        help="context tokens repeated when a long trace continues in a new window",
-    )  # fmt: skip
-    run.add_argument(
-        "--shard-size", type=int, default=defaults.shard_size, help="records per shard"
-    )
-    run.add_argument("--threads", type=int, default=0, help="segmenter threads (0 = all)")
-    run.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    run.add_argument("--chunk-size", type=int, help="tokens per LM-head chunk")
+    add_limit_argument(parser, "score")
+    add_config_arguments(parser, ScoreConfig, title="scoring (ScoreConfig)", required=("model",))
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit <= 0:
-        raise ValueError(f"--limit must be > 0, got {args.limit}")
-    config = ScoreConfig(
-        model=str(args.model),
-        max_tokens_per_batch=args.max_tokens_per_batch,
-        window=args.window,
-        overlap=args.overlap,
-        shard_size=args.shard_size,
-        threads=args.threads,
-        device=args.device,
-        chunk_size=args.chunk_size,
-    )
+    config = config_from_args(ScoreConfig, args)
     reader = open_reader(args)
     with progress_bar(reader, "score") as bar:
         scorer = score_file(

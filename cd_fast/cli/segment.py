@@ -13,7 +13,9 @@ from cd_fast.cli.common import (
     progress_bar,
     report_skips,
 )
+from cd_fast.config import add_config_arguments, config_from_args
 from cd_fast.data import AtomicWriter, Trace, dumps_record
+from cd_fast.runtime import batched
 from cd_fast.segment import SegmentConfig, segment_steps
 
 NAME = "segment"
@@ -41,56 +43,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="segmenter threads (0 = every available CPU)"
     )
-    rules = parser.add_argument_group("segmentation rules (SegmentConfig)")
-    rules.add_argument(
-        "--markers",
-        type=Path,
-        help="file with one discourse marker per line, replacing the built-in list",
-    )
-    rules.add_argument(
-        "--abbreviations",
-        type=Path,
-        help="file with one abbreviation (ending in '.') per line, replacing the built-in list",
-    )
-    rules.add_argument(
-        "--min-chars",
-        type=int,
-        default=SegmentConfig.min_chars,
-        help="steps shorter than this merge into a neighbour",
-    )
+    add_config_arguments(parser, SegmentConfig, title="segmentation rules (SegmentConfig)")
 
 
-def _lines(path: Path) -> tuple[str, ...]:
-    return tuple(
-        line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> SegmentConfig:
-    options: dict = {"min_chars": args.min_chars}
-    if args.markers is not None:
-        options["markers"] = _lines(args.markers)
-    if args.abbreviations is not None:
-        options["abbreviations"] = _lines(args.abbreviations)
-    return SegmentConfig(**options)
+def _chars(trace: Trace) -> int:
+    return len(trace.trace)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    config = config_from_args(args)
+    config = config_from_args(SegmentConfig, args)
     reader = open_reader(args)
     steps_total = text_bytes = 0
     segment_seconds = 0.0
     started = time.perf_counter()
-    batch: list[Trace] = []
 
     with AtomicWriter(args.output) as out, progress_bar(reader, "segment") as bar:
-
-        def flush() -> None:
-            nonlocal steps_total, text_bytes, segment_seconds
-            if not batch:
-                return
+        for batch in batched(reader, BATCH_RECORDS, cost=_chars, max_cost=BATCH_CHARS):
             texts = [trace.trace for trace in batch]
             tic = time.perf_counter()
             offsets = segment_steps(texts, args.threads, config=config)
@@ -101,17 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 out.write(dumps_record(trace))
                 out.write("\n")
             text_bytes += sum(len(text.encode("utf-8")) for text in texts)
-            batch.clear()
             bar.update(reader.progress - bar.n)
-
-        batch_chars = 0
-        for trace in reader:
-            batch.append(trace)
-            batch_chars += len(trace.trace)
-            if batch_chars >= BATCH_CHARS or len(batch) >= BATCH_RECORDS:
-                flush()
-                batch_chars = 0
-        flush()
 
     wall = time.perf_counter() - started
     records = reader.records

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import inspect
 import logging
 import signal
 import sys
-from typing import Any
 
-from cd_fast.cli.common import INPUT_HELP, add_input_arguments, open_reader, report_skips
-from cd_fast.train import config as config_module
-from cd_fast.train.config import EXPORTS, NAN_POLICIES, OPTIMIZERS, SCHEDULERS, TrainConfig
+from cd_fast.cli.common import (
+    INPUT_HELP,
+    add_input_arguments,
+    add_limit_argument,
+    open_reader,
+    report_skips,
+)
+from cd_fast.config import add_config_arguments, config_from_args
+from cd_fast.runtime import take
+from cd_fast.train.config import TrainConfig
 
 NAME = "train"
 HELP = "fine-tune a student on traces: packed batches, fused loss, LoRA/QLoRA, exact resume"
@@ -42,97 +45,24 @@ examples:
 
 {INPUT_HELP}"""
 
-SKIPPED_FIELDS = {"output_dir", "extra", "resume"}
-CHOICES = {
-    "lr_scheduler_type": SCHEDULERS,
-    "optim": OPTIMIZERS,
-    "nan_policy": NAN_POLICIES,
-    "export": EXPORTS,
-}
-
-
-def _field_docs() -> dict[str, str]:
-    """TrainConfig's attribute docstrings (the string under each field), for --help."""
-    tree = ast.parse(inspect.getsource(config_module))
-    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
-    docs: dict[str, str] = {}
-    for node, after in zip(body.body, body.body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-        ):
-            text = " ".join(str(after.value.value).split())
-            docs[node.target.id] = text.replace("%", "%%")  # argparse formats help with %
-    return docs
-
-
-def _flag_type(annotation: str) -> Any:
-    if annotation.startswith("int"):
-        return int
-    if annotation.startswith("float"):
-        return float
-    return str
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
     parser.add_argument(
         "--model", required=True, help="student: HF hub id, local folder or .gguf file"
     )
-    parser.add_argument("-o", "--output-dir", required=True, help="run folder")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the latest checkpoint in the folder"
-    )
-    parser.add_argument("--limit", type=int, help="train on the first N records only")
-    group = parser.add_argument_group("training (TrainConfig fields, one flag each)")
-    docs = _field_docs()
-    for spec in dataclasses.fields(TrainConfig):
-        if spec.name in SKIPPED_FIELDS:
-            continue
-        flag = "--" + spec.name.replace("_", "-")
-        help_text = docs.get(spec.name, "")
-        annotation = str(spec.type)
-        if annotation.startswith("bool"):
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=spec.default, help=help_text
-            )
-        elif spec.name == "lora_target_modules":
-            group.add_argument(flag, nargs="+", default=spec.default, help=help_text)
-        else:
-            group.add_argument(
-                flag,
-                type=_flag_type(annotation),
-                choices=CHOICES.get(spec.name),
-                default=spec.default,
-                help=help_text,
-            )
+    add_limit_argument(parser, "train on")
+    add_config_arguments(parser, TrainConfig, title="training (TrainConfig fields, one flag each)")
 
 
 def run(args: argparse.Namespace) -> int:
     from cd_fast.train.trainer import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.limit is not None and args.limit <= 0:
-        raise ValueError(f"--limit must be > 0, got {args.limit}")
-    values = {
-        name: getattr(args, name)
-        for name in TrainConfig.field_names()
-        if name not in SKIPPED_FIELDS
-    }
-    targets = values["lora_target_modules"]
-    if isinstance(targets, list) and len(targets) == 1:
-        values["lora_target_modules"] = targets[0]
-    config = TrainConfig(
-        output_dir=args.output_dir,
-        resume=args.resume,
-        extra={"data": str(args.input), "prompts": str(args.prompts) if args.prompts else None},
-        **values,
-    )
+    data = {"data": str(args.input), "prompts": str(args.prompts) if args.prompts else None}
+    config = config_from_args(TrainConfig, args, extra=data)
     reader = open_reader(args)
-    records = reader if args.limit is None else _first(reader, args.limit)
-    trainer = Trainer(args.model, records, config)
+    trainer = Trainer(args.model, take(reader, args.limit), config).setup()
     report_skips(reader)
     result = trainer.train()
     rows = [
@@ -152,10 +82,3 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 128 + signal.SIGTERM
     return 0
-
-
-def _first(reader: Any, limit: int) -> Any:
-    for index, record in enumerate(reader):
-        if index >= limit:
-            return
-        yield record

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-METHODS = ("token", "step", "truncate", "rewrite")
-TOKEN_CRITERIA = ("surprisal", "entropy", "random")
-STEP_CRITERIA = ("surprisal", "entropy", "answer-delta", "random")
+from cd_fast.compress.methods import METHODS
+from cd_fast.config import option
+from cd_fast.formats import DEFAULT_TARGET_TEMPLATE, check_target_template
+
+CRITERIA = tuple(dict.fromkeys(c for method in METHODS.values() for c in method.criteria))
+KEEP, MODELS, REWRITE = "what to keep", "scores and models", "rewriting (--method rewrite)"
 LOST_ANSWER_POLICIES = ("expand", "original", "drop")
 BACKENDS = ("local", "http", "vllm")
 
@@ -16,77 +19,155 @@ BACKENDS = ("local", "http", "vllm")
 class CompressConfig:
     """How `cdfast compress` runs; CLI flags map one to one."""
 
-    method: str
-    """token | step | truncate | rewrite."""
-    budget: float | None = 0.3
-    """Fraction of each trace's tokens to keep (counted with the student's tokenizer)."""
-    target_tokens: int | None = None
-    """Keep at most this many tokens per trace instead of a fraction."""
-    scores: str | None = None
-    """Folder written by `cdfast score` for these traces (token/step pruning, adaptive)."""
-    scorer: str | None = None
-    """Scorer LM to compute scores on the fly (folder, hub id or .gguf) when --scores is absent."""
-    tokenizer: str | None = None
-    """The student's tokenizer, which counts the budget's tokens (default: the scorer's)."""
-    device: str | None = None
-    """cuda or cpu for the scorer and a local rewriter (default: cuda when available)."""
-    criterion: str | None = None
-    """Importance: token: surprisal | entropy | random; step: surprisal (mean step surprisal),
-    entropy (summed step entropy), answer-delta (answer loss increase without the step), random.
-    Default: surprisal."""
-    adaptive: bool = False
-    """Spend more of the budget on harder traces (longer, higher mean surprisal) while holding
-    the dataset-level ratio."""
-    protect: bool = True
-    """Token pruning keeps numbers, operators, LaTeX math and the final answer."""
-    on_lost_answer: str = "expand"
-    """When the compressed trace lost the original's final answer: "expand" puts the sentence
-    that states it back, "original" keeps the whole original trace, "drop" drops the record."""
-    keep_original: bool = False
-    """Store the uncompressed trace in meta.original_trace."""
-    seed: int = 0
-    """Seeds the random criterion (per record: seed + record id)."""
-    level: int = 2
-    """rewrite: 1 deletes words only, 2 concise rewrite keeping every step and number, 3 a
-    draft of a few words per step."""
-    prompt: str | None = None
-    """rewrite: a prompt template file ({question}, {trace}, {target_words}) overriding the
-    level's packaged one."""
-    backend: str = "local"
-    """rewrite: local (transformers generate), http (OpenAI-compatible server), vllm (offline)."""
-    rewriter: str | None = None
-    """rewrite: the instruct model (folder, hub id or .gguf for local/vllm; the served model
-    name for http)."""
-    base_url: str = "http://127.0.0.1:8000/v1"
-    """rewrite, http: the server's OpenAI-compatible base URL."""
-    api_key: str | None = None
-    """rewrite, http: bearer token (default: $OPENAI_API_KEY when set)."""
-    concurrency: int = 8
-    """rewrite, http: requests in flight."""
-    timeout: float = 300.0
-    """rewrite, http: seconds per request."""
-    retries: int = 4
-    """rewrite, http: attempts after the first, with exponential backoff."""
-    max_new_tokens: int | None = None
-    """rewrite: generation cap (default: 1.5x the trace's token budget, at least 64)."""
-    batch_size: int = 64
-    """Records per batch: scored together, budgeted together (a larger batch holds the
-    dataset-level ratio more tightly), written together (the unit of resume)."""
-    generation_batch_size: int = 8
-    """rewrite, local: sequences per generate() call."""
-    match_lengths: str | None = None
-    """truncate: a JSONL of another method's output; each record keeps as many tokens as its
-    counterpart (by id) there."""
+    method: str = option(
+        choices=tuple(METHODS),
+        group=KEEP,
+        help="How to compress: token / step pruning by importance, truncate (keep the head), "
+        "rewrite (an instruct model).",
+    )
+    budget: float | None = option(
+        0.3,
+        group=KEEP,
+        help="Fraction of each trace's tokens to keep (counted with the student's tokenizer).",
+    )
+    target_tokens: int | None = option(
+        None,
+        group=KEEP,
+        help="Keep at most this many tokens per trace instead of a fraction.",
+    )
+    scores: str | None = option(
+        None,
+        group=MODELS,
+        help="Folder written by `cdfast score` for these traces (token/step pruning, adaptive).",
+    )
+    scorer: str | None = option(
+        None,
+        group=MODELS,
+        help="Scorer LM to compute scores on the fly (folder, hub id or .gguf) when --scores is "
+        "absent.",
+    )
+    tokenizer: str | None = option(
+        None,
+        group=MODELS,
+        help="The student's tokenizer, which counts the budget's tokens (default: the scorer's).",
+    )
+    device: str | None = option(
+        None,
+        group=MODELS,
+        help="cuda or cpu for the scorer and a local rewriter (default: cuda when available).",
+    )
+    criterion: str | None = option(
+        None,
+        choices=CRITERIA,
+        group=KEEP,
+        help="Importance: token: surprisal | entropy | random; step: surprisal (mean step "
+        "surprisal), entropy (summed step entropy), answer-delta (answer loss increase without "
+        "the step), random. Default: surprisal.",
+    )
+    adaptive: bool = option(
+        False,
+        group=KEEP,
+        help="Spend more of the budget on harder traces (longer, higher mean surprisal) while "
+        "holding the dataset-level ratio.",
+    )
+    protect: bool = option(
+        True,
+        group=KEEP,
+        help="Token pruning keeps numbers, operators, LaTeX math and the final answer.",
+    )
+    on_lost_answer: str = option(
+        "expand",
+        choices=LOST_ANSWER_POLICIES,
+        group=KEEP,
+        help='When the compressed trace lost the original\'s final answer: "expand" puts the '
+        'sentence that states it back, "original" keeps the whole original trace, "drop" '
+        "drops the record.",
+    )
+    keep_original: bool = option(
+        False, group=KEEP, help="Store the uncompressed trace in meta.original_trace."
+    )
+    seed: int = option(
+        0, group=KEEP, help="Seeds the random criterion (per record: seed + record id)."
+    )
+    level: int = option(
+        2,
+        choices=(1, 2, 3),
+        group=REWRITE,
+        help="rewrite: 1 deletes words only, 2 concise rewrite keeping every step and number, 3 a "
+        "draft of a few words per step.",
+    )
+    prompt: str | None = option(
+        None,
+        group=REWRITE,
+        help="rewrite: a prompt template file ({question}, {trace}, {target_words}) overriding the "
+        "level's packaged one.",
+    )
+    backend: str = option(
+        "local",
+        choices=BACKENDS,
+        group=REWRITE,
+        help="rewrite: local (transformers generate), http (OpenAI-compatible server), vllm "
+        "(offline).",
+    )
+    rewriter: str | None = option(
+        None,
+        group=REWRITE,
+        help="rewrite: the instruct model (folder, hub id or .gguf for local/vllm; the served "
+        "model name for http).",
+    )
+    base_url: str = option(
+        "http://127.0.0.1:8000/v1",
+        group=REWRITE,
+        help="rewrite, http: the server's OpenAI-compatible base URL.",
+    )
+    api_key: str | None = option(
+        None,
+        group=REWRITE,
+        help="rewrite, http: bearer token (default: $OPENAI_API_KEY when set).",
+    )
+    concurrency: int = option(8, group=REWRITE, help="rewrite, http: requests in flight.")
+    timeout: float = option(300.0, group=REWRITE, help="rewrite, http: seconds per request.")
+    retries: int = option(
+        4,
+        group=REWRITE,
+        help="rewrite, http: attempts after the first, with exponential backoff.",
+    )
+    max_new_tokens: int | None = option(
+        None,
+        group=REWRITE,
+        help="rewrite: generation cap (default: 1.5x the trace's token budget, at least 64).",
+    )
+    batch_size: int = option(
+        64,
+        group=MODELS,
+        help="Records per batch: scored together, budgeted together (a larger batch holds the "
+        "dataset-level ratio more tightly), written together (the unit of resume).",
+    )
+    target_template: str = option(
+        DEFAULT_TARGET_TEMPLATE,
+        group=MODELS,
+        help="The student's target format (as `cdfast train --target-template`): scores computed "
+        "here and answer-delta condition each trace on it.",
+    )
+    generation_batch_size: int = option(
+        8, group=MODELS, help="rewrite, local: sequences per generate() call."
+    )
+    match_lengths: str | None = option(
+        None,
+        group=KEEP,
+        help="truncate: a JSONL of another method's output; each record keeps as many tokens as "
+        "its counterpart (by id) there.",
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.criterion is None and self.method in ("token", "step"):
-            self.criterion = "surprisal"
-        allowed = {"token": TOKEN_CRITERIA, "step": STEP_CRITERIA}.get(self.method)
-        if allowed is not None and self.criterion not in allowed:
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
+        allowed = METHODS[self.method].criteria
+        if self.criterion is None and allowed:
+            self.criterion = allowed[0]
+        if allowed and self.criterion not in allowed:
             raise ValueError(f"--criterion for {self.method} must be one of {allowed}")
-        if allowed is None and self.criterion is not None:
+        if not allowed and self.criterion is not None:
             raise ValueError(f"--criterion does not apply to method {self.method}")
         if self.target_tokens is not None:
             if self.target_tokens <= 0:
@@ -105,11 +186,21 @@ class CompressConfig:
             raise ValueError("concurrency and the batch sizes must be >= 1")
         if self.retries < 0 or self.timeout <= 0:
             raise ValueError("retries must be >= 0 and timeout > 0")
+        check_target_template(self.target_template)
 
     @property
     def needs_scores(self) -> bool:
         """Whether the scorer LM's token scores are needed (random needs only tokens)."""
-        return (self.method in ("token", "step") and self.criterion != "random") or self.adaptive
+        return METHODS[self.method].needs_scores(self.criterion) or self.adaptive
+
+    def describe(self) -> dict[str, Any]:
+        """method, criterion, level (rewrite) and budget, as outputs record them."""
+        return {
+            "method": self.method,
+            "criterion": self.criterion,
+            "level": self.level if self.method == "rewrite" else None,
+            "budget": self.target_tokens if self.target_tokens is not None else self.budget,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

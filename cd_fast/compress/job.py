@@ -21,6 +21,7 @@ import numpy as np
 from cd_fast.compress.config import CompressConfig
 from cd_fast.compress.engine import Compressor, RecordResult
 from cd_fast.data import AtomicWriter, Trace, TraceReader, dumps_record
+from cd_fast.runtime import batched, take
 
 STATE_FIELDS = ("id", "tokens_before", "tokens_after", "chars_before", "chars_after",
                 "answer_in_original", "answer_kept", "action", "kept_steps")  # fmt: skip
@@ -48,10 +49,7 @@ def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: Com
     total_seconds = sum(seconds.values())
     percentiles = np.percentile(ratios, [10, 50, 90]) if len(ratios) else [0.0] * 3
     return {
-        "method": config.method,
-        "criterion": config.criterion,
-        "level": config.level if config.method == "rewrite" else None,
-        "budget": config.target_tokens if config.target_tokens is not None else config.budget,
+        **config.describe(),
         "adaptive": config.adaptive,
         "records": len(rows),
         "records_out": len(kept),
@@ -78,17 +76,6 @@ def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: Com
 def _state_row(result: RecordResult) -> dict[str, Any]:
     row = asdict(result)
     return {k: row[k] for k in STATE_FIELDS}
-
-
-def _batches(records: Iterable[Trace], size: int) -> Iterator[list[Trace]]:
-    batch: list[Trace] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def compress(
@@ -124,7 +111,7 @@ def compress(
     traces = [r if isinstance(r, Trace) else Trace.from_dict(r) for r in records]
     out: list[Trace] = []
     rows: list[dict[str, Any]] = []
-    for batch in _batches(traces, config.batch_size):
+    for batch in batched(traces, config.batch_size):
         for result in engine(batch):
             rows.append(_state_row(result))
             if result.trace is not None:
@@ -174,27 +161,25 @@ def compress_file(
     output.parent.mkdir(parents=True, exist_ok=True)
     rows = _read_progress(partial, state) if resume else []
     done = {r["id"] for r in rows}
-    if rows:
-        engine.debt = rows[-1]["debt"]  # the budget carry, so a resumed run equals a straight one
+    if rows:  # the budget carry, so a resumed run equals a straight one
+        engine.load_state_dict(rows[-1]["compressor"])
     started = time.perf_counter()
 
     def pending() -> Iterator[Trace]:
-        for index, record in enumerate(reader):
-            if limit is not None and index >= limit:
-                return
+        for index, record in enumerate(take(reader, limit)):
             if on_progress is not None:
                 on_progress(index)
             if record.id not in done:
                 yield record
 
     with partial.open("a", encoding="utf-8") as records_out, state.open("a") as state_out:
-        for batch in _batches(pending(), config.batch_size):
+        for batch in batched(pending(), config.batch_size):
             results = engine(batch)
             records_out.writelines(dumps_record(r.trace) + "\n" for r in results if r.trace)
             records_out.flush()
             os.fsync(records_out.fileno())
             for result in results:
-                row = {**_state_row(result), "debt": engine.debt}
+                row = {**_state_row(result), "compressor": engine.state_dict()}
                 rows.append(row)
                 state_out.write(json.dumps(row) + "\n")
             state_out.flush()
@@ -225,7 +210,7 @@ def build_engine(config: CompressConfig) -> Compressor:
                 if needs_scorer else "criterion answer-delta runs the scorer LM: pass --scorer"
             )  # fmt: skip
         model, tokenizer = load_causal_lm(config.scorer, device=config.device)
-        scorer = Scorer(model, tokenizer)
+        scorer = Scorer(model, tokenizer, target_template=config.target_template)
     if config.tokenizer:
         counter = load_tokenizer(config.tokenizer)
     elif scorer is not None:

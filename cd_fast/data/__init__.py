@@ -7,7 +7,6 @@ from cd_fast.data.readers import (
     detect_layout,
     parse_fields,
     read_traces,
-    split_think,
 )
 from cd_fast.data.record import DataError, Trace
 from cd_fast.data.writer import AtomicWriter, dumps_record, write_jsonl
@@ -23,6 +22,5 @@ __all__ = [
     "dumps_record",
     "parse_fields",
     "read_traces",
-    "split_think",
     "write_jsonl",
 ]

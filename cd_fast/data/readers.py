@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cd_fast.data.record import DataError, Trace, _kind
+from cd_fast.formats import split_completion
 
 TARGETS = ("id", "question", "trace", "answer", "gold", "completion")
 LAYOUTS = ("auto", "trace", "messages", "reasoning", "think", "problem_solution", "gsm8k")
@@ -46,18 +47,6 @@ class Skip:
     location: str
     id: str | None
     reason: str
-
-
-def split_think(text: str) -> tuple[str, str | None]:
-    """``<think>reasoning</think>answer`` -> (reasoning, answer or None). A missing ``</think>``
-    (a completion cut off by the length limit) leaves everything after ``<think>`` as reasoning."""
-    close = text.find("</think>")
-    head, tail = (text, None) if close < 0 else (text[:close], text[close + len("</think>") :])
-    head = head.lstrip()
-    if head.startswith("<think>"):
-        head = head[len("<think>") :]
-    answer = tail.strip() if tail is not None else None
-    return head.strip(), answer or None
 
 
 def parse_fields(specs: list[str] | None) -> dict[str, str]:
@@ -140,7 +129,7 @@ class _Converter:
                     f"expected a string, got {got}",
                     self.fields["completion"],
                 )
-            values["trace"], values["answer"] = split_think(values.pop("completion"))
+            values["trace"], values["answer"] = split_completion(values.pop("completion"))
         for target in ("answer", "gold"):
             value = values.get(target)
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -206,7 +195,7 @@ class _Converter:
                     self.source, location, "no completion with <think>..</think>", "completion"
                 )
             if key is not None:
-                values["trace"], values["answer"] = split_think(raw[key])
+                values["trace"], values["answer"] = split_completion(raw[key])
                 used.add(key)
             take("gold", _GOLD_KEYS, required=False)
         elif layout == "problem_solution":
@@ -250,7 +239,7 @@ class _Converter:
         if reasoning_key is not None:
             trace, answer = reply[reasoning_key], content.strip() or None
         elif "</think>" in content or "<think>" in content:
-            trace, answer = split_think(content)
+            trace, answer = split_completion(content)
         else:
             raise bad("the last assistant message has no <think>..</think> or reasoning field")
         return {"question": messages[user]["content"], "trace": trace, "answer": answer}

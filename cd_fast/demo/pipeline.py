@@ -8,7 +8,6 @@ eval of every student -> the paper-style table, relative to the original, and pl
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from cd_fast.data import Trace, TraceReader, write_jsonl
+from cd_fast.formats import DEFAULT_TARGET_TEMPLATE, render_target
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,9 @@ def run_demo(
     write_jsonl(out / "data" / "eval.jsonl", evaluation)
     print(f"== data: {len(train)} training traces, {len(evaluation)} held-out questions",
           flush=True)  # fmt: skip
-    corpus = [f"{t.question}\n<think>\n{t.trace}\n</think>\n\n{t.answer or ''}" for t in train]
+    corpus = [
+        f"{t.question}\n{render_target(DEFAULT_TARGET_TEMPLATE, t.trace, t.answer)}" for t in train
+    ]
     tokenizer = train_tokenizer(corpus, out / "tokenizer")
     init = _student_init(tokenizer, size, out / "student-init")
 
@@ -168,12 +170,12 @@ def run_demo(
         rows[name]["ratio_tokens"] = summary["ratio_tokens"]
     rows["original"]["ratio_tokens"] = 1.0
 
-    config = EvalConfig(model="", max_new_tokens=size.max_new_tokens, batch_size=64,
-                        device=device)  # fmt: skip
     for name, row in rows.items():
         print(f"\n== evaluating the student trained on {name}", flush=True)
         baseline = out / "eval-original" if name != "original" else None
-        student = dataclasses.replace(config, model=row["model"])
+        student = EvalConfig(
+            model=row["model"], max_new_tokens=size.max_new_tokens, batch_size=64, device=device
+        )
         metrics = evaluate(evaluation, out / f"eval-{name}", student, baseline=baseline)
         keys = ("accuracy", "mean_output_tokens", "accuracy_per_1k_tokens", "truncation_rate")
         row.update({k: metrics[k] for k in keys})

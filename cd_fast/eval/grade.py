@@ -7,16 +7,15 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from cd_fast.score.protect import extract_answer
+from cd_fast.formats import extract_answer, response_section
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_THINK_END = "</think>"
 
 
 def final_answer_text(prediction: str) -> str:
     """The part of a response that states the answer: after </think> when present; the
     \\boxed{}, "Answer:" or "####" answer when there is one, else the whole remaining text."""
-    text = prediction.rsplit(_THINK_END, 1)[-1] if _THINK_END in prediction else prediction
+    text = response_section(prediction)
     if "\\boxed" in text:
         return text  # math-verify extracts \boxed{} itself, nested braces and all
     answer = extract_answer(text)

@@ -13,16 +13,19 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cd_fast.config import option
 from cd_fast.data import AtomicWriter, Trace
 from cd_fast.eval.grade import grade
+from cd_fast.runtime import batched
 
+BACKENDS = ("transformers", "vllm")
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 
@@ -31,21 +34,32 @@ METRICS = "metrics.json"
 class EvalConfig:
     """How `cdfast eval` generates; CLI flags map one to one."""
 
-    model: str
-    """The student: folder, hub id or .gguf file."""
-    max_new_tokens: int = 1024
-    """Generation cap; a response that reaches it without stopping counts as truncated."""
-    batch_size: int = 16
-    """Questions generated together."""
-    stop: tuple[str, ...] = ()
-    """Extra stop strings (EOS always stops)."""
-    device: str | None = None
-    """cuda or cpu (default: cuda when available)."""
-    backend: str = "transformers"
-    """transformers (batched generate, KV cache; static cache + compile on CUDA with
-    compile=True) or vllm (offline engine, when installed)."""
-    compile: bool = False
-    """CUDA: static KV cache and torch.compile of the forward pass."""
+    model: str = option(help="The student: folder, hub id or .gguf file.")
+    max_new_tokens: int = option(
+        1024,
+        help="Generation cap; a response that reaches it without stopping counts as truncated.",
+    )
+    batch_size: int = option(16, help="Questions generated together.")
+    stop: tuple[str, ...] = option((), help="Extra stop strings (EOS always stops).")
+    device: str | None = option(None, help="cuda or cpu (default: cuda when available).")
+    backend: str = option(
+        "transformers",
+        choices=BACKENDS,
+        help="transformers (batched generate, KV cache; static cache + compile on CUDA with "
+        "compile=True) or vllm (offline engine, when installed).",
+    )
+    compile: bool = option(
+        False, help="CUDA: static KV cache and torch.compile of the forward pass."
+    )
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("EvalConfig.model: name the student (folder, hub id or .gguf)")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens} and "
+                f"{self.batch_size}"
+            )
 
 
 class TransformersGenerator:
@@ -147,20 +161,8 @@ def evaluate(
         VLLMGenerator(config) if config.backend == "vllm" else TransformersGenerator(config)
     )
     started = time.perf_counter()
-    pending: list[Trace] = []
 
-    def flush(handle: Any) -> None:
-        responses = generate([t.question for t in pending])
-        for trace, (text, tokens, truncated) in zip(pending, responses, strict=True):
-            record = Prediction(trace.id, trace.question, trace.gold, text, tokens, truncated,
-                                grade(text, trace.gold) if trace.gold else False)  # fmt: skip
-            done.append(asdict(record))
-            handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-        pending.clear()
-
-    with path.open("a", encoding="utf-8") as handle:
+    def pending() -> Iterator[Trace]:
         for index, trace in enumerate(traces):
             if on_progress is not None:
                 on_progress(index)
@@ -168,11 +170,25 @@ def evaluate(
                 continue
             if not trace.gold:
                 raise ValueError(f"record {trace.id!r} has no gold answer to grade against")
-            pending.append(trace)
-            if len(pending) == config.batch_size:
-                flush(handle)
-        if pending:
-            flush(handle)
+            yield trace
+
+    with path.open("a", encoding="utf-8") as handle:
+        for batch in batched(pending(), config.batch_size):
+            responses = generate([t.question for t in batch])
+            for trace, (text, tokens, truncated) in zip(batch, responses, strict=True):
+                record = Prediction(
+                    id=trace.id,
+                    question=trace.question,
+                    gold=trace.gold,
+                    prediction=text,
+                    output_tokens=tokens,
+                    truncated=truncated,
+                    correct=grade(text, trace.gold),
+                )
+                done.append(asdict(record))
+                handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
     result = metrics(done, base)
     result.update({"model": config.model, "max_new_tokens": config.max_new_tokens,
                    "seconds": round(time.perf_counter() - started, 2)})  # fmt: skip

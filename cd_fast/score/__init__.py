@@ -1,9 +1,9 @@
 """Token-importance scoring: surprisal and entropy per token and per step, symbol protection."""
 
 from cd_fast.score.job import score_file
-from cd_fast.score.protect import extract_answer, protected_chars, protected_tokens
+from cd_fast.score.protect import protected_chars, protected_tokens
 from cd_fast.score.scorer import ScoreConfig, Scorer
-from cd_fast.score.steps import step_reduce, token_steps
+from cd_fast.score.steps import step_reduce, step_scores, token_steps
 from cd_fast.score.store import RecordScores, ScoreStore
 
 __all__ = [
@@ -11,10 +11,10 @@ __all__ = [
     "ScoreConfig",
     "ScoreStore",
     "Scorer",
-    "extract_answer",
     "protected_chars",
     "protected_tokens",
     "score_file",
     "step_reduce",
+    "step_scores",
     "token_steps",
 ]

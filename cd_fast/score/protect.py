@@ -7,44 +7,11 @@ import re
 
 import numpy as np
 
-from cd_fast.segment import _protected_spans
+from cd_fast.formats import boxed_spans
+from cd_fast.segment import protected_spans
 
 OPERATORS = frozenset("=+*/^<>×÷−±∓≤≥≠≈≡∝√∑∏∫·∙∘%")
-_BOXED = re.compile(r"\\boxed\s*\{")
-_ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _VARIABLE = re.compile(r"(?<![A-Za-z_])[A-Za-z](?:_?\d+|_\{?\w+\}?)?(?![A-Za-z_])")
-
-
-def _boxed_contents(text: str) -> list[tuple[int, int]]:
-    """[start, end) of every \\boxed{...} body, braces balanced."""
-    spans = []
-    for match in _BOXED.finditer(text):
-        depth, i = 1, match.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            spans.append((match.end(), i - 1))
-    return spans
-
-
-def extract_answer(text: str | None) -> str | None:
-    """The final answer a response states: the last \\boxed{}, else an "Answer:" line, else the
-    text after "####", else the last number."""
-    if not text:
-        return None
-    boxed = _boxed_contents(text)
-    if boxed:
-        start, end = boxed[-1]
-        return text[start:end].strip() or None
-    lines = [m.group(1).strip().rstrip(".") for m in _ANSWER_LINE.finditer(text)]
-    if lines and lines[-1]:
-        return lines[-1].strip("*$ ")
-    if "####" in text:
-        return text.rsplit("####", 1)[1].strip() or None
-    numbers = _NUMBER.findall(text)
-    return numbers[-1].rstrip(".,") if numbers else None
 
 
 def protected_chars(trace: str, answer: str | None = None) -> np.ndarray:
@@ -62,7 +29,7 @@ def protected_chars(trace: str, answer: str | None = None) -> np.ndarray:
             left = trace[i - 1] if i else " "
             right = trace[i + 1] if i + 1 < n else " "
             keep[i] = not (left.isalpha() and right.isalpha())
-    for start, end in _protected_spans(trace):  # LaTeX math and code fences
+    for start, end in protected_spans(trace):  # LaTeX math and code fences
         keep[start:end] = True
     for match in _VARIABLE.finditer(trace):  # a lone letter next to an operator: a variable
         before, after = match.start() - 1, match.end()
@@ -74,7 +41,7 @@ def protected_chars(trace: str, answer: str | None = None) -> np.ndarray:
             after < n and trace[after] in OPERATORS
         ):
             keep[match.start() : match.end()] = True
-    for start, end in _boxed_contents(trace):
+    for start, end in boxed_spans(trace):
         keep[start:end] = True
     if answer:
         at = trace.rfind(answer)

@@ -17,38 +17,69 @@ from typing import Any
 import numpy as np
 import torch
 
+from cd_fast.config import option
 from cd_fast.data import Trace
+from cd_fast.formats import (
+    DEFAULT_TARGET_TEMPLATE,
+    chat_prompt,
+    check_target_template,
+    final_answer,
+    target_prefix,
+    target_suffix,
+)
 from cd_fast.kernels.pack import TokenStore
 from cd_fast.kernels.token_scores import token_scores
-from cd_fast.models import chat_prompt
-from cd_fast.score.protect import extract_answer, protected_tokens
-from cd_fast.score.steps import step_reduce, token_steps
+from cd_fast.runtime import token_batches
+from cd_fast.score.answer_delta import answer_losses
+from cd_fast.score.protect import protected_tokens
+from cd_fast.score.steps import step_scores
 from cd_fast.score.store import RecordScores
 from cd_fast.segment import SegmentConfig, segment_steps
-
-THINK_OPEN = "<think>\n"
 
 
 @dataclass
 class ScoreConfig:
-    """How `cdfast score` runs; CLI flags map one to one."""
+    """How `cdfast score` (and a Scorer) runs; CLI flags map one to one."""
 
-    model: str
-    """Scorer LM: a local folder, a hub id (online) or a .gguf file."""
-    max_tokens_per_batch: int = 16384
-    """Token budget of one packed forward pass (prompts included)."""
-    window: int | None = None
-    """Longest sequence scored at once; default the model's context, capped at 8192."""
-    overlap: int = 256
-    """Trace tokens of context repeated when a long trace continues in a new window."""
-    shard_size: int = 256
-    """Records per output shard (the unit of resume)."""
-    threads: int = 0
-    """Step-segmenter threads (0 = every CPU)."""
-    device: str | None = None
-    """cuda / cpu; default cuda when available (cuda:LOCAL_RANK under torchrun)."""
-    chunk_size: int | None = None
-    """Tokens per LM-head chunk in token_scores (default: fp32 logits under 512 MiB)."""
+    model: str | None = option(
+        None, help="Scorer LM: a local folder, a hub id (online) or a .gguf file."
+    )
+    max_tokens_per_batch: int = option(
+        16384, help="Token budget of one packed forward pass (prompts included)."
+    )
+    window: int | None = option(
+        None,
+        help="Longest sequence scored at once (prompt included); default the model's context, "
+        "capped at 8192.",
+    )
+    overlap: int = option(
+        256, help="Trace tokens of context repeated when a long trace continues in a new window."
+    )
+    shard_size: int = option(256, help="Records per output shard (the unit of resume).")
+    threads: int = option(0, help="Step-segmenter threads (0 = every CPU).")
+    device: str | None = option(
+        None, help="cuda / cpu; default cuda when available (cuda:LOCAL_RANK under torchrun)."
+    )
+    chunk_size: int | None = option(
+        None, help="Tokens per LM-head chunk in token_scores (default: fp32 logits under 512 MiB)."
+    )
+    target_template: str = option(
+        DEFAULT_TARGET_TEMPLATE,
+        help="The student's target format (as `cdfast train --target-template`): each trace is "
+        "scored after the question's chat prompt and the template's text before {trace}.",
+    )
+
+    def __post_init__(self) -> None:
+        positive = ("max_tokens_per_batch", "shard_size", "window", "chunk_size")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.overlap < 0:
+            raise ValueError(f"overlap must be >= 0, got {self.overlap}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = every CPU), got {self.threads}")
+        check_target_template(self.target_template)
 
 
 @dataclass
@@ -69,34 +100,38 @@ class ScoreStats:
 
 
 class Scorer:
+    """Token and step scores of traces under a causal LM (see the module docstring).
+
+    Args:
+        model, tokenizer: the scorer LM, loaded (cd_fast.models.load_causal_lm).
+        config: a ScoreConfig (its `model` is not read), or its fields as keywords.
+        segment_config: step segmentation rules for traces without steps.
+    """
+
     def __init__(
         self,
         model: Any,
         tokenizer: Any,
-        max_tokens_per_batch: int = 16384,
-        window: int | None = None,
-        overlap: int = 256,
-        chunk_size: int | None = None,
+        config: ScoreConfig | None = None,
         segment_config: SegmentConfig | None = None,
-        threads: int = 0,
+        **options: Any,
     ):
-        config = model.config
+        config = config or ScoreConfig(**options)
+        model_config = model.config
         for name in ("final_logit_softcapping", "logit_scale"):
-            if getattr(config, name, None) not in (None, 1.0):
+            if getattr(model_config, name, None) not in (None, 1.0):
                 raise ValueError(f"scorer models with {name} are not supported")
         head = model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
             raise ValueError("scorer models with an LM-head bias are not supported")
         self.model, self.tokenizer, self.head = model, tokenizer, head
-        context = getattr(config, "max_position_embeddings", None) or 8192
-        self.window = int(window or min(context, 8192))
-        if not 0 <= overlap < self.window // 2:
-            raise ValueError(f"overlap must be in [0, window/2), got {overlap}")
-        self.overlap = overlap
-        self.budget = max(int(max_tokens_per_batch), self.window)
-        self.chunk_size = chunk_size
+        self.config = config
+        context = getattr(model_config, "max_position_embeddings", None) or 8192
+        self.window = int(config.window or min(context, 8192))
+        if config.overlap >= self.window // 2:
+            raise ValueError(f"overlap must be < window / 2 = {self.window // 2}")
+        self.tokens_per_batch = max(config.max_tokens_per_batch, self.window)
         self.segment_config = segment_config
-        self.threads = threads
         self.stats = ScoreStats()
 
     @property
@@ -105,7 +140,7 @@ class Scorer:
 
     def prompt_ids(self, question: str) -> list[int]:
         tokenizer = self.tokenizer
-        text = chat_prompt(tokenizer, question) + THINK_OPEN
+        text = chat_prompt(tokenizer, question) + target_prefix(self.config.target_template)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:  # the first trace token needs a position to be predicted from
             ids = [tokenizer.bos_token_id or tokenizer.eos_token_id or 0]
@@ -115,7 +150,7 @@ class Scorer:
         available = self.window - len(prompt)
         windows, start = [], 0
         while start < len(trace_ids):
-            context = max(0, start - self.overlap) if start else 0
+            context = max(0, start - self.config.overlap) if start else 0
             end = min(len(trace_ids), context + available)
             targets = np.arange(start, end)
             positions = len(prompt) + (targets - context) - 1
@@ -136,7 +171,10 @@ class Scorer:
         rows_t = torch.from_numpy(rows).to(self.device)
         targets = torch.from_numpy(next_ids).to(self.device)
         scores = token_scores(
-            hidden.index_select(0, rows_t), self.head.weight, targets, chunk_size=self.chunk_size
+            hidden.index_select(0, rows_t),
+            self.head.weight,
+            targets,
+            chunk_size=self.config.chunk_size,
         )
         surprisal = scores.surprisal.cpu().numpy()
         entropy = scores.entropy.cpu().numpy()
@@ -160,22 +198,18 @@ class Scorer:
             (np.zeros(len(ids), np.float32), np.zeros(len(ids), np.float32))
             for ids in encoded["input_ids"]
         ]
-        pending: list[_Window] = []
-        pending_tokens = 0
-        for index, (trace, ids) in enumerate(zip(traces, encoded["input_ids"], strict=True)):
-            for window in self._windows(index, self.prompt_ids(trace.question), list(ids)):
-                size = len(window.input_ids)
-                if pending and pending_tokens + size > self.budget:
-                    self._score_batch(pending, results)
-                    pending, pending_tokens = [], 0
-                pending.append(window)
-                pending_tokens += size
-        if pending:
-            self._score_batch(pending, results)
+        windows = [
+            window
+            for index, (trace, ids) in enumerate(zip(traces, encoded["input_ids"], strict=True))
+            for window in self._windows(index, self.prompt_ids(trace.question), list(ids))
+        ]
+        sizes = [len(w.input_ids) for w in windows]
+        for batch in token_batches(sizes, self.tokens_per_batch):
+            self._score_batch([windows[i] for i in batch], results)
 
         missing = [i for i, t in enumerate(traces) if t.steps is None]
         segmented = segment_steps(
-            [traces[i].trace for i in missing], self.threads, config=self.segment_config
+            [traces[i].trace for i in missing], self.config.threads, config=self.segment_config
         )
         steps_of = dict(zip(missing, segmented, strict=True))
         records = []
@@ -185,12 +219,7 @@ class Scorer:
             if steps is None:
                 steps = np.asarray(trace.steps, dtype=np.int64).reshape(-1, 2)
             surprisal, entropy = results[index]
-            owner = token_steps(offsets, steps)
-            step_scores = {}
-            for name, values in (("surprisal", surprisal), ("entropy", entropy)):
-                for reduction, array in step_reduce(values, owner, len(steps)).items():
-                    step_scores[f"step_{name}_{reduction}"] = array
-            answer = trace.gold or extract_answer(trace.answer)
+            answer = final_answer(trace)
             records.append(
                 RecordScores(
                     id=trace.id,
@@ -200,9 +229,26 @@ class Scorer:
                     entropy=entropy,
                     protected=protected_tokens(trace.trace, offsets, answer),
                     steps=steps,
-                    step_scores=step_scores,
+                    step_scores=step_scores(offsets, steps, surprisal, entropy),
                 )
             )
         self.stats.records += len(traces)
         self.stats.seconds += time.perf_counter() - tic
         return records
+
+    def answer_delta(self, trace: Trace, steps: np.ndarray, answer: str) -> np.ndarray:
+        """SPIRIT-style step importance, float32 [k]: how much the answer's summed surprisal
+        rises when step i is cut from the trace (higher = the answer leans on it more)."""
+        text = trace.trace
+        variants = [text] + [text[:a] + text[b:] for a, b in np.asarray(steps).tolist()]
+        template = self.config.target_template
+        prompt = chat_prompt(self.tokenizer, trace.question) + target_prefix(template)
+        losses = answer_losses(
+            self.model,
+            self.tokenizer,
+            prompt,
+            variants,
+            target_suffix(template, f"The final answer is {answer}."),
+            self.tokens_per_batch,
+        )
+        return (losses[1:] - losses[0]).astype(np.float32)

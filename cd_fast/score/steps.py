@@ -22,3 +22,15 @@ def step_reduce(values: np.ndarray, step_of_token: np.ndarray, n_steps: int) -> 
     peak[count == 0] = 0.0
     mean = np.divide(total, count, out=np.zeros(n_steps, dtype=np.float32), where=count > 0)
     return {"sum": total, "mean": mean.astype(np.float32), "max": peak.astype(np.float32)}
+
+
+def step_scores(
+    token_offsets: np.ndarray, steps: np.ndarray, surprisal: np.ndarray, entropy: np.ndarray
+) -> dict[str, np.ndarray]:
+    """step_{surprisal,entropy}_{sum,mean,max} (float32 [k]) of each step."""
+    owner = token_steps(token_offsets, steps)
+    scores = {}
+    for name, values in (("surprisal", surprisal), ("entropy", entropy)):
+        for reduction, array in step_reduce(values, owner, len(steps)).items():
+            scores[f"step_{name}_{reduction}"] = array
+    return scores

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cd_fast.data import AtomicWriter
+from cd_fast.score.steps import step_scores
 
 STEP_FIELDS = tuple(
     f"step_{s}_{r}" for s in ("surprisal", "entropy") for r in ("sum", "mean", "max")
@@ -51,6 +52,14 @@ class RecordScores:
     protected: np.ndarray  # bool [n]
     steps: np.ndarray  # int64 [k, 2]
     step_scores: dict[str, np.ndarray]  # STEP_FIELDS -> float32 [k]
+
+    def for_steps(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+        """The step scores of `steps`: the stored ones when they were computed for these same
+        steps, else reduced again from the token scores (steps from another segmentation)."""
+        steps = np.asarray(steps, dtype=np.int64).reshape(-1, 2)
+        if np.array_equal(steps, np.asarray(self.steps, dtype=np.int64).reshape(-1, 2)):
+            return self.step_scores
+        return step_scores(self.offsets, steps, self.surprisal, self.entropy)
 
     def row(self) -> dict[str, Any]:
         return {

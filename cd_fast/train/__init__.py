@@ -6,13 +6,14 @@ and the packing helpers stay light.
 
 from typing import Any
 
-from cd_fast.train.attention import ATTN_IMPLEMENTATION, register, varlen_attention
+from cd_fast.attention import ATTN_IMPLEMENTATION, register, varlen_attention
 from cd_fast.train.config import TrainConfig
 from cd_fast.train.packing import Piece, StepPlanner, plan_steps, split_step
 
 _LAZY = {
     "Trainer": "cd_fast.train.trainer",
     "TrainResult": "cd_fast.train.trainer",
+    "StepTiming": "cd_fast.train.trainer",
     "NonFiniteLossError": "cd_fast.train.trainer",
     "TrainSet": "cd_fast.train.data",
 }
@@ -31,6 +32,7 @@ __all__ = [
     "NonFiniteLossError",
     "Piece",
     "StepPlanner",
+    "StepTiming",
     "TrainConfig",
     "TrainResult",
     "TrainSet",

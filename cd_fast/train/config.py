@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-DEFAULT_TARGET_TEMPLATE = "<think>\n{trace}\n</think>\n\n{answer}"
+from cd_fast.config import option
+from cd_fast.formats import DEFAULT_TARGET_TEMPLATE, check_target_template
+
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 NAN_POLICIES = ("stop", "skip")
@@ -16,82 +18,128 @@ EXPORTS = ("auto", "merged", "adapter", "none")
 class TrainConfig:
     """Options of one training run. Fields map one to one onto `cdfast train --flag-name`."""
 
-    output_dir: str
-    """Checkpoints, metrics.jsonl, the final export and train_config.json go here."""
-    learning_rate: float = 2e-5
-    """Peak learning rate (LoRA/QLoRA usually want ~1e-4 to 2e-4)."""
-    num_train_epochs: float = 1.0
-    """Passes over the data; ignored when max_steps > 0."""
-    max_steps: int = -1
-    """Optimizer steps to run (> 0 overrides num_train_epochs)."""
-    warmup_ratio: float = 0.0
-    """Fraction of the steps spent warming the learning rate up linearly."""
-    lr_scheduler_type: str = "cosine"
-    """Learning-rate schedule after warm-up (transformers' get_scheduler)."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay on matrices (not on norms and biases)."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (<= 0: no clipping, norm still logged)."""
-    adam_beta1: float = 0.9
-    """AdamW first-moment decay."""
-    adam_beta2: float = 0.999
-    """AdamW second-moment decay."""
-    adam_epsilon: float = 1e-8
-    """AdamW denominator epsilon."""
-    optim: str = "adamw"
-    """"adamw" (torch, fused on CUDA and CPU) or "adamw_8bit" (bitsandbytes, CUDA)."""
-    max_tokens_per_step: int = 16384
-    """Tokens per optimizer step, summed over micro-batches and ranks (no padding)."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches per step and rank: each holds ~max_tokens_per_step / (accum * ranks)."""
-    max_seq_length: int = 4096
-    """Longer samples are cut to this many tokens (their tail, the answer, is lost: counted)."""
-    logging_steps: int = 10
-    """Write a metrics row every N steps (the only place the loop reads device values)."""
-    save_steps: int = 500
-    """Checkpoint every N steps and at the end (0: only on SIGTERM)."""
-    save_total_limit: int | None = 2
-    """Keep this many most recent checkpoints (None: all)."""
-    seed: int = 42
-    """Seeds model init, LoRA init, dropout and the data order."""
-    bf16: bool | None = None
-    """bf16 weights and compute (default: on for CUDA, off for CPU)."""
-    master_weights: bool = True
-    """With bf16: fp32 master weights and fp32 AdamW states (16 bytes per trained parameter);
-    False trains pure bf16 (8 bytes per parameter, less exact updates)."""
-    gradient_checkpointing: bool = False
-    """Recompute each decoder block in the backward pass (less memory, ~30% more compute)."""
-    lora_r: int = 0
-    """LoRA rank; 0 trains every weight (full fine-tune)."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA input."""
-    lora_target_modules: list[str] | str = "all-linear"
-    """Module names that get adapters ("all-linear": every linear layer but the LM head)."""
-    load_in_4bit: bool = False
-    """QLoRA: NF4 base weights with double quantisation (needs lora_r > 0)."""
-    liger: bool | None = None
-    """Liger RMSNorm/SwiGLU kernels and fused linear cross entropy (default: on CUDA)."""
-    compile: bool = False
-    """torch.compile each decoder block."""
-    target_template: str = DEFAULT_TARGET_TEMPLATE
-    """The supervised target; {trace} and {answer} are filled per record, EOS appended."""
-    nan_policy: str = "stop"
-    """On a non-finite loss: "stop" (checked at each log, names the step and samples) or "skip"
-    the step (one host sync per step)."""
-    max_memory: float | None = None
-    """GiB the run may use on the device: picks micro-batch size and checkpointing, or fails."""
-    export: str = "auto"
-    """Final model: "merged" weights, the LoRA "adapter", "auto" (adapter for LoRA), "none"."""
-    device: str | None = None
-    """cuda or cpu (default: cuda when available)."""
-    resume: bool = False
-    """Continue from the latest checkpoint in output_dir."""
-    loss_chunk_size: int = 1024
-    """Tokens per LM-head chunk in the CPU loss (bounds its logits memory)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form values recorded in train_config.json (e.g. data paths)."""
+    output_dir: str = option(
+        flags=("-o", "--output-dir"),
+        help="Checkpoints, metrics.jsonl, the final export and train_config.json go here.",
+    )
+    learning_rate: float = option(
+        2e-5,
+        help="Peak learning rate (LoRA/QLoRA usually want ~1e-4 to 2e-4).",
+    )
+    num_train_epochs: float = option(1.0, help="Passes over the data; ignored when max_steps > 0.")
+    max_steps: int = option(-1, help="Optimizer steps to run (> 0 overrides num_train_epochs).")
+    warmup_ratio: float = option(
+        0.0,
+        help="Fraction of the steps spent warming the learning rate up linearly.",
+    )
+    lr_scheduler_type: str = option(
+        "cosine",
+        choices=SCHEDULERS,
+        help="Learning-rate schedule after warm-up (transformers' get_scheduler).",
+    )
+    weight_decay: float = option(
+        0.0,
+        help="AdamW decoupled weight decay on matrices (not on norms and biases).",
+    )
+    max_grad_norm: float = option(
+        1.0,
+        help="Clip the global gradient norm to this (<= 0: no clipping, norm still logged).",
+    )
+    adam_beta1: float = option(0.9, help="AdamW first-moment decay.")
+    adam_beta2: float = option(0.999, help="AdamW second-moment decay.")
+    adam_epsilon: float = option(1e-8, help="AdamW denominator epsilon.")
+    optim: str = option(
+        "adamw",
+        choices=OPTIMIZERS,
+        help='"adamw" (torch, fused on CUDA and CPU) or "adamw_8bit" (bitsandbytes, CUDA).',
+    )
+    max_tokens_per_step: int = option(
+        16384,
+        help="Tokens per optimizer step, summed over micro-batches and ranks (no padding).",
+    )
+    gradient_accumulation_steps: int = option(
+        1,
+        help="Micro-batches per step and rank: each holds ~max_tokens_per_step / (accum * ranks).",
+    )
+    max_seq_length: int = option(
+        4096,
+        help="Longer samples are cut to this many tokens (their tail, the answer, is lost: "
+        "counted).",
+    )
+    logging_steps: int = option(
+        10,
+        help="Write a metrics row every N steps (the only place the loop reads device values).",
+    )
+    save_steps: int = option(
+        500,
+        help="Checkpoint every N steps and at the end (0: only on SIGTERM).",
+    )
+    save_total_limit: int | None = option(
+        2,
+        help="Keep this many most recent checkpoints (None: all).",
+    )
+    seed: int = option(42, help="Seeds model init, LoRA init, dropout and the data order.")
+    bf16: bool | None = option(
+        None,
+        help="bf16 weights and compute (default: on for CUDA, off for CPU).",
+    )
+    master_weights: bool = option(
+        True,
+        help="With bf16: fp32 master weights and fp32 AdamW states (16 bytes per trained "
+        "parameter); False trains pure bf16 (8 bytes per parameter, less exact updates).",
+    )
+    gradient_checkpointing: bool = option(
+        False,
+        help="Recompute each decoder block in the backward pass (less memory, ~30% more compute).",
+    )
+    lora_r: int = option(0, help="LoRA rank; 0 trains every weight (full fine-tune).")
+    lora_alpha: int = option(32, help="LoRA scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = option(0.0, help="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | str = option(
+        "all-linear",
+        help='Module names that get adapters ("all-linear": every linear layer but the LM head).',
+    )
+    load_in_4bit: bool = option(
+        False,
+        help="QLoRA: NF4 base weights with double quantisation (needs lora_r > 0).",
+    )
+    liger: bool | None = option(
+        None,
+        help="Liger RMSNorm/SwiGLU kernels and fused linear cross entropy (default: on CUDA).",
+    )
+    compile: bool = option(False, help="torch.compile each decoder block.")
+    target_template: str = option(
+        DEFAULT_TARGET_TEMPLATE,
+        help="The supervised target; {trace} and {answer} are filled per record, EOS appended.",
+    )
+    nan_policy: str = option(
+        "stop",
+        choices=NAN_POLICIES,
+        help='On a non-finite loss: "stop" (checked at each log, names the step and samples) or '
+        '"skip" the step (one host sync per step).',
+    )
+    max_memory: float | None = option(
+        None,
+        help="GiB the run may use on the device: picks micro-batch size and checkpointing, or "
+        "fails.",
+    )
+    export: str = option(
+        "auto",
+        choices=EXPORTS,
+        help='Final model: "merged" weights, the LoRA "adapter", "auto" (adapter for LoRA), '
+        '"none".',
+    )
+    device: str | None = option(None, help="cuda or cpu (default: cuda when available).")
+    resume: bool = option(False, help="Continue from the latest checkpoint in output_dir.")
+    loss_chunk_size: int = option(
+        1024,
+        help="Tokens per LM-head chunk in the CPU loss (bounds its logits memory).",
+    )
+    extra: dict[str, Any] = option(
+        default_factory=dict,
+        cli=False,
+        help="Free-form values recorded in train_config.json (e.g. data paths).",
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -112,11 +160,13 @@ class TrainConfig:
             (self.save_total_limit is None or self.save_total_limit >= 1,
              "save_total_limit must be >= 1 (or None to keep all)"),
             (self.max_memory is None or self.max_memory > 0, "max_memory must be > 0 GiB"),
-            ("{trace}" in self.target_template, "target_template must contain {trace}"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_target_template(self.target_template)
+        if self.lora_target_modules == ["all-linear"]:  # peft wants this one as a string
+            self.lora_target_modules = "all-linear"
 
     @property
     def use_lora(self) -> bool:
@@ -124,7 +174,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 
 from cd_fast.data import Trace, TraceReader
-from cd_fast.models import chat_prompt
+from cd_fast.formats import chat_prompt, render_target
+from cd_fast.kernels import label_token_count
+from cd_fast.runtime import batched
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class TrainSet:
 
     @property
     def label_tokens(self) -> int:
-        return int((self.lengths - np.maximum(self.prompt_lengths, 1)).sum())
+        return label_token_count(self.lengths, self.prompt_lengths)
 
 
 def as_traces(data: Any) -> Iterable[Trace]:
@@ -73,9 +75,9 @@ def tokenize_traces(
     out = TrainSet(ids=[], sequences=[], prompt_lengths=np.zeros(0, np.int64))
     prompt_lengths: list[int] = []
 
-    def flush(batch: list[Trace]) -> None:
+    for batch in batched(traces, batch_size):
         prompts = [chat_prompt(tokenizer, t.question) for t in batch]
-        targets = [target_template.format(trace=t.trace, answer=t.answer or "") for t in batch]
+        targets = [render_target(target_template, t.trace, t.answer) for t in batch]
         prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
         for trace, prompt, target in zip(batch, prompt_ids, target_ids, strict=True):
@@ -89,15 +91,6 @@ def tokenize_traces(
             out.ids.append(trace.id)
             out.sequences.append(tokens)
             prompt_lengths.append(len(prompt))
-
-    batch: list[Trace] = []
-    for trace in traces:
-        batch.append(trace)
-        if len(batch) == batch_size:
-            flush(batch)
-            batch = []
-    if batch:
-        flush(batch)
     out.prompt_lengths = np.asarray(prompt_lengths, dtype=np.int64)
     if not out.sequences:
         raise ValueError(

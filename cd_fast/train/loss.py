@@ -13,11 +13,14 @@ backward only scales them by the incoming gradient.
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Any
 
 import torch
 
 from cd_fast.kernels import IGNORE_INDEX
+from cd_fast.runtime import warn_once
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +66,14 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
-_liger_loss = None
-_logged_fallback = False
+@functools.cache
+def _liger_loss() -> Any:
+    """Liger's fused linear cross entropy (summed), or None when liger-kernel is missing."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def linear_cross_entropy_sum(
@@ -79,23 +88,14 @@ def linear_cross_entropy_sum(
     hidden [T, H], weight [V, H] (the LM head), targets [T] int64 with -100 = ignore.
     use_liger: None = Liger on CUDA when installed (the chunked torch path otherwise, logged).
     """
-    global _liger_loss, _logged_fallback
     if hidden.shape[0] != targets.shape[0]:
         raise ValueError(f"hidden has {hidden.shape[0]} rows but targets has {targets.shape[0]}")
     on_cuda = hidden.device.type == "cuda"
     if use_liger is None:
         use_liger = on_cuda
     if use_liger:
-        try:
-            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-        except ImportError:
-            if not _logged_fallback:
-                logger.warning("liger-kernel is not installed: using the chunked torch loss")
-                _logged_fallback = True
-        else:
-            if _liger_loss is None:
-                _liger_loss = LigerFusedLinearCrossEntropyLoss(
-                    ignore_index=IGNORE_INDEX, reduction="sum"
-                )
-            return _liger_loss(weight, hidden, targets).float()
+        liger = _liger_loss()
+        if liger is not None:
+            return liger(weight, hidden, targets).float()
+        warn_once(logger, "liger-kernel is not installed: using the chunked torch loss")
     return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cd_fast.attention import register
 from cd_fast.kernels import PackedBatch
-from cd_fast.models import forget_gguf_quantizer
-from cd_fast.train.attention import register
+from cd_fast.models import load_causal_lm
 from cd_fast.train.config import TrainConfig
 from cd_fast.train.loss import linear_cross_entropy_sum
 
@@ -37,21 +37,7 @@ def load_model(
     spec: str | Path, config: TrainConfig, device: torch.device, dtype: torch.dtype
 ) -> tuple[nn.Module, Any]:
     """(model, tokenizer) from a local folder, hub id or .gguf file, QLoRA-quantised if asked."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(spec)
     options: dict[str, Any] = {}
-    source: str | Path = spec
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such .gguf file")
-        if config.load_in_4bit:
-            raise ValueError(
-                f"{path}: QLoRA (load_in_4bit) needs safetensors weights; convert the .gguf first "
-                "(AutoModelForCausalLM.from_pretrained(dir, gguf_file=...).save_pretrained(out))"
-            )
-        source, options["gguf_file"] = path.parent, path.name
-    tokenizer = AutoTokenizer.from_pretrained(source, **options)
     if config.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -63,12 +49,7 @@ def load_model(
             bnb_4bit_quant_storage=dtype,
         )
         options["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, attn_implementation=register(), **options
-    )
-    if "gguf_file" in options:
-        forget_gguf_quantizer(model)
-    return model.to(device) if not config.load_in_4bit else model, tokenizer
+    return load_causal_lm(spec, device, dtype, attn_implementation=register(), **options)
 
 
 def apply_liger(model: nn.Module, explicit: bool) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import signal
 import sys
@@ -28,8 +27,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from cd_fast.kernels import TokenStore
-from cd_fast.models import default_device
+from cd_fast.kernels import TokenStore, label_token_count
+from cd_fast.models import load_model_config
+from cd_fast.runtime import choose_device, rank_info
 from cd_fast.train import checkpoint as ckpt
 from cd_fast.train.config import TrainConfig
 from cd_fast.train.data import TrainSet, as_traces, tokenize_traces
@@ -46,12 +46,30 @@ class NonFiniteLossError(ValueError):
 
 
 @dataclass
+class StepTiming:
+    """The steps between two logging points, timed together (the loop syncs only there)."""
+
+    first_step: int
+    last_step: int
+    label_tokens: int
+    seconds: float
+    flops: float  # model FLOPs of these steps (the MFU formula's numerator)
+    peak_memory_gib: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.label_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
 class TrainResult:
     output_dir: Path
     step: int
     total_steps: int
     losses: dict[int, float] = field(default_factory=dict)
     """Loss of every step this process ran, by step number (read at logging steps)."""
+    timings: list[StepTiming] = field(default_factory=list)
+    """Wall time per logging window, checkpoints excluded (CUDA synced at each window's end)."""
     label_tokens: int = 0
     train_seconds: float = 0.0
     skipped_steps: list[int] = field(default_factory=list)
@@ -80,15 +98,6 @@ class MasterWeights:
             torch._foreach_copy_(self.params, self.masters)
 
 
-def _distributed() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    if world > 1:
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -96,14 +105,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _model_shape(model: nn.Module | str | Path) -> ModelShape:
-    if isinstance(model, nn.Module):
-        return ModelShape.from_config(model.config)
-    from transformers import AutoConfig
-
-    path = Path(model)
-    if path.suffix == ".gguf":
-        return ModelShape.from_config(AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
-    return ModelShape.from_config(AutoConfig.from_pretrained(model))
+    config = model.config if isinstance(model, nn.Module) else load_model_config(model)
+    return ModelShape.from_config(config)
 
 
 class Trainer:
@@ -127,30 +130,50 @@ class Trainer:
         progress: bool = True,
         **options: Any,
     ):
-        config = config or TrainConfig(**options)
-        self.rank, self.world_size, local_rank = _distributed()
-        if config.device:
-            self.device = torch.device(config.device)
-            if self.device.type == "cuda" and self.device.index is None:
-                self.device = torch.device("cuda", local_rank)  # set_device wants an index
-        elif torch.cuda.is_available():
-            self.device = torch.device("cuda", local_rank)
-        else:
-            self.device = default_device()
+        self.config = config or TrainConfig(**options)
+        self.output_dir = Path(self.config.output_dir)
+        self.progress = progress
+        self.model_spec = str(model) if isinstance(model, (str, Path)) else None
+        self._inputs: tuple[Any, Any, Any] | None = (model, data, tokenizer)
+
+    def setup(self) -> Trainer:
+        """Build the run's parts, in this order (`train()` calls it when needed): the process
+        group and device, the model, the data, the optimizer. Returns self."""
+        if self._inputs is None:
+            return self
+        model, data, tokenizer = self._inputs
+        self._setup_distributed()
+        self._setup_model(model, tokenizer)
+        self._setup_data(data)
+        self._setup_optimizer()
+        self._inputs = None
+        return self
+
+    def _setup_distributed(self) -> None:
+        """Join torchrun's process group (when launched by it) and take this rank's device."""
+        ranks = rank_info()
+        if ranks.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.rank, self.world_size = ranks.rank, ranks.world_size
+        self.device = choose_device(self.config.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if config.bf16 is None:
-            config = replace(config, bf16=self.device.type == "cuda")
-        if config.optim == "adamw_8bit" and self.device.type != "cuda":
+        self.progress = self.progress and self.rank == 0
+        if self.config.bf16 is None:
+            self.config = replace(self.config, bf16=self.device.type == "cuda")
+        if self.config.optim == "adamw_8bit" and self.device.type != "cuda":
             raise ValueError("optim='adamw_8bit' (bitsandbytes) needs a CUDA device")
-        self.output_dir = Path(config.output_dir)
+
+    def _setup_model(self, model: nn.Module | str | Path, tokenizer: Any) -> None:
+        """Fit the memory plan (max_memory), then load the model and make it trainable."""
+        config = self.config
         self.shape = _model_shape(model)
         self.memory = None
         if config.max_memory is not None:
             self.memory = fit_memory(
                 self.shape, config, config.max_memory, self.device.type == "cuda", self.world_size
             )
-            config = replace(
+            self.config = config = replace(
                 config,
                 gradient_checkpointing=self.memory.gradient_checkpointing,
                 gradient_accumulation_steps=self.memory.gradient_accumulation_steps,
@@ -158,12 +181,20 @@ class Trainer:
             self._log_rank0(
                 "max_memory=%s GiB: planned %s", config.max_memory, self.memory.describe()
             )
-        self.config = config
-        self.progress = progress and self.rank == 0
-
         _seed_everything(config.seed)
         self.model, self.tokenizer = prepare_model(model, config, self.device, tokenizer)
-        self.model_spec = str(model) if isinstance(model, (str, Path)) else None
+        on_cuda = self.device.type == "cuda"
+        use_liger = config.liger if config.liger is not None else on_cuda
+        self.loss_module = CausalLMLoss(self.model, use_liger and on_cuda, config.loss_chunk_size)
+        self.ddp = None
+        if self.world_size > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=[self.device.index] if on_cuda else None
+            )
+
+    def _setup_data(self, data: Any) -> None:
+        """Tokenise the records, upload them, and plan the token-budget steps."""
+        config = self.config
         if isinstance(data, TrainSet):
             self.train_set = data
         elif self.tokenizer is None:
@@ -189,14 +220,9 @@ class Trainer:
         else:
             self.total_steps = max(1, math.ceil(config.num_train_epochs * steps_per_epoch))
 
-        on_cuda = self.device.type == "cuda"
-        use_liger = config.liger if config.liger is not None else on_cuda
-        self.loss_module = CausalLMLoss(self.model, use_liger and on_cuda, config.loss_chunk_size)
-        self.ddp = None
-        if self.world_size > 1:
-            self.ddp = nn.parallel.DistributedDataParallel(
-                self.loss_module, device_ids=[self.device.index] if on_cuda else None
-            )
+    def _setup_optimizer(self) -> None:
+        """AdamW over the trainable weights (their fp32 masters with bf16), the LR schedule."""
+        config = self.config
         self.named_trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         params = [p for _, p in self.named_trainable]
         self.masters = None
@@ -299,9 +325,9 @@ class Trainer:
 
     # ---- the loop ----
 
-    def _label_tokens(self, piece: Piece) -> int:
-        prompt = int(self.store.prompt_lengths[piece.index]) - piece.start
-        return max(0, piece.length - max(prompt, 1))
+    def _label_tokens(self, pieces: list[Piece]) -> int:
+        prompts = [int(self.store.prompt_lengths[p.index]) - p.start for p in pieces]
+        return label_token_count([p.length for p in pieces], prompts)
 
     def _pack(self, pieces: list[Piece]) -> Any:
         return self.store.pack(
@@ -320,7 +346,8 @@ class Trainer:
             (loss * weight).backward()
         return loss.detach() if pieces else torch.zeros((), device=self.device)
 
-    def _optimizer_step(self) -> torch.Tensor:
+    def _clip_gradients(self) -> torch.Tensor:
+        """Gradients to the fp32 masters, then clip; returns the global norm (on the device)."""
         if self.masters:
             self.masters.grads_to_masters()
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
@@ -344,6 +371,7 @@ class Trainer:
 
     def train(self) -> TrainResult:
         """Run to total_steps (or until SIGTERM); returns the run's losses and throughput."""
+        self.setup()
         c = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if c.resume:
@@ -397,6 +425,7 @@ class Trainer:
             desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
         )  # fmt: skip
         started = window_start = time.perf_counter()
+        window_first = self.step + 1
         grad_norm = torch.zeros((), device=self.device)
         steps = iter(self.planner)
         while self.step < self.total_steps:
@@ -404,14 +433,14 @@ class Trainer:
             micro = split_step(pieces, parts)
             first = self.rank * c.gradient_accumulation_steps
             mine = micro[first : first + c.gradient_accumulation_steps]
-            labels = sum(self._label_tokens(p) for p in pieces)
+            labels = self._label_tokens(pieces)
             scale = self.world_size / max(labels, 1)
             loss_sum = torch.zeros((), device=self.device)
             if self.ddp is None:
                 mine = [m for m in mine if m]
             for i, part in enumerate(mine):
                 loss_sum += self._micro_step(part, scale, sync=i == len(mine) - 1)
-            grad_norm = self._optimizer_step()
+            grad_norm = self._clip_gradients()
             ids = [self.train_set.ids[p.index] for p in pieces]
             self.step += 1
             if c.nan_policy == "skip" and not self._finite(loss_sum, grad_norm):
@@ -435,12 +464,21 @@ class Trainer:
             save = periodic or stop
             if log or save:
                 now = time.perf_counter() if self.device.type != "cuda" else _synced_time()
-                row = self._log_window(window, window_tokens, window_flops, now - window_start,
-                                       grad_norm, lr, peak, result)  # fmt: skip
+                timing = StepTiming(
+                    first_step=window_first,
+                    last_step=self.step,
+                    label_tokens=window_tokens,
+                    seconds=now - window_start,
+                    flops=window_flops,
+                    peak_memory_gib=round(peak_memory_gib(self.device), 3),
+                )
+                result.timings.append(timing)
+                row = self._log_window(window, timing, grad_norm, lr, peak, result)
                 if row is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
                 result.label_tokens += window_tokens
                 window, window_flops, window_tokens, window_start = [], 0.0, 0, now
+                window_first = self.step + 1
             if save:
                 self.save_checkpoint()
                 window_start = time.perf_counter()  # checkpoint time is not training time
@@ -470,9 +508,7 @@ class Trainer:
     def _log_window(
         self,
         window: list[tuple[int, torch.Tensor, int, list[str]]],
-        tokens: int,
-        flops: float,
-        seconds: float,
+        timing: StepTiming,
         grad_norm: torch.Tensor,
         lr: float,
         peak: float | None,
@@ -499,12 +535,12 @@ class Trainer:
             "loss": sum(sums_host) / max(labels_total, 1),
             "lr": lr,
             "grad_norm": float(grad_norm),
-            "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-            "label_tokens": tokens,
-            "peak_memory_gib": round(peak_memory_gib(self.device), 3),
+            "tokens_per_s": timing.tokens_per_s,
+            "label_tokens": timing.label_tokens,
+            "peak_memory_gib": timing.peak_memory_gib,
         }
-        if peak:
-            row["mfu"] = flops / seconds / (peak * self.world_size)
+        if peak and timing.seconds > 0:
+            row["mfu"] = timing.flops / timing.seconds / (peak * self.world_size)
         self.metrics.write(row)
         return row
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cd_fast.runtime import warn_once
+
 logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATION = "cd_fast_varlen"
@@ -198,15 +200,6 @@ def varlen_attention(
     raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(message)
-
-
 def _cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     flat = position_ids.reshape(-1)
     starts = torch.nonzero(flat == 0).reshape(-1)
@@ -245,15 +238,15 @@ def attention_forward(
     keep = None  # token rows to run when unpadding
     if cu_seqlens is None:
         if attention_mask is not None and attention_mask.dim() == 2 and not attention_mask.all():
-            _warn_once("unpad", "cd_fast_varlen: unpadding a 2D padding mask (host sync)")
+            warn_once(logger, "cd_fast_varlen: unpadding a 2D padding mask (host sync)")
             lengths = attention_mask.sum(-1, dtype=torch.int32)
             keep = attention_mask.reshape(-1).nonzero().reshape(-1)
             cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
             max_seqlen = int(lengths.max())
             q, k, v = q[keep], k[keep], v[keep]
         elif batch == 1 and kwargs.get("position_ids") is not None:
-            _warn_once(
-                "positions",
+            warn_once(
+                logger,
                 "cd_fast_varlen: deriving cu_seqlens from position_ids (host sync); pass "
                 "PackedBatch.model_kwargs() to avoid it",
             )

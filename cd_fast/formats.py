@@ -1,0 +1,120 @@
+"""The trace format, in one place: think tags, the chat prompt, the supervised target template,
+splitting a completion into reasoning and answer, and the final answer a trace leads to.
+
+Training writes each record as  chat_prompt(question) + target_template(trace, answer) + EOS;
+scoring and answer-delta condition on the same text, so a trace is scored exactly as the
+student will see it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cd_fast.data import Trace
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+DEFAULT_TARGET_TEMPLATE = f"{THINK_OPEN}\n{{trace}}\n{THINK_CLOSE}\n\n{{answer}}"
+
+_BOXED = re.compile(r"\\boxed\s*\{")
+_ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def chat_prompt(tokenizer: Any, question: str) -> str:
+    """The question as a user turn through the tokenizer's chat template, ready for the reply
+    (plain "question\\n\\n" for tokenizers without a template)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+    return question + "\n\n"
+
+
+def check_target_template(template: str) -> None:
+    """A target template holds {trace} once (and {answer} at most once), nothing else in braces."""
+    if template.count("{trace}") != 1:
+        raise ValueError(f"target_template must contain {{trace}} exactly once, got {template!r}")
+    if "{answer}" in template.split("{trace}", 1)[0]:
+        raise ValueError(f"target_template must put {{answer}} after {{trace}}, got {template!r}")
+    try:
+        template.format(trace="", answer="")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"target_template may only use {{trace}} and {{answer}} (double other braces): "
+            f"{template!r} ({error})"
+        ) from None
+
+
+def render_target(template: str, trace: str, answer: str | None) -> str:
+    """The supervised target of one record (EOS not included)."""
+    return template.format(trace=trace, answer=answer or "")
+
+
+def target_prefix(template: str) -> str:
+    """The target text before the trace ("<think>\\n" by default): the context a trace's first
+    token is scored in."""
+    return template.split("{trace}", 1)[0].format()
+
+
+def target_suffix(template: str, answer: str) -> str:
+    """The target text after the trace with `answer` filled in ("\\n</think>\\n\\n" + answer by
+    default); a template without {answer} gets the answer appended."""
+    tail = template.split("{trace}", 1)[1]
+    return tail.format(answer=answer) if "{answer}" in tail else tail.format() + answer
+
+
+def split_completion(text: str) -> tuple[str, str | None]:
+    """``<think>reasoning</think>answer`` -> (reasoning, answer or None). A missing ``</think>``
+    (a completion cut off by the length limit) leaves everything after ``<think>`` as reasoning."""
+    close = text.find(THINK_CLOSE)
+    head, tail = (text, None) if close < 0 else (text[:close], text[close + len(THINK_CLOSE) :])
+    head = head.lstrip()
+    if head.startswith(THINK_OPEN):
+        head = head[len(THINK_OPEN) :]
+    answer = tail.strip() if tail is not None else None
+    return head.strip(), answer or None
+
+
+def response_section(response: str) -> str:
+    """The part of a generated response after its reasoning (all of it without </think>)."""
+    return response.rsplit(THINK_CLOSE, 1)[-1]
+
+
+def boxed_spans(text: str) -> list[tuple[int, int]]:
+    """[start, end) of every \\boxed{...} body, braces balanced."""
+    spans = []
+    for match in _BOXED.finditer(text):
+        depth, i = 1, match.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            spans.append((match.end(), i - 1))
+    return spans
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer a text states: the last \\boxed{}, else an "Answer:" line, else the
+    text after "####", else the last number."""
+    if not text:
+        return None
+    boxed = boxed_spans(text)
+    if boxed:
+        start, end = boxed[-1]
+        return text[start:end].strip() or None
+    lines = [m.group(1).strip().rstrip(".") for m in _ANSWER_LINE.finditer(text)]
+    if lines and lines[-1]:
+        return lines[-1].strip("*$ ")
+    if "####" in text:
+        return text.rsplit("####", 1)[1].strip() or None
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].rstrip(".,") if numbers else None
+
+
+def final_answer(trace: Trace) -> str | None:
+    """The answer a record leads to: its gold answer, else the one its response states, else
+    the one its reasoning ends on. Scoring protects it, compression keeps it."""
+    return trace.gold or extract_answer(trace.answer) or extract_answer(trace.trace)
