@@ -134,11 +134,13 @@ def run(args: argparse.Namespace) -> list[dict]:
                 )
                 print(f"{shape} mean {mean}: {name} {ms:.2f} ms, {flops / ms / 1e9:.1f} TFLOP/s")
     write_results(
-        args.results_dir, "attention", rows,
+        args.results_dir,
+        "attention",
+        rows,
         ["shape", "mean_len", "tokens", "provider", "ms", "tflops", "peak_gib"],
         "Causal varlen attention, forward + backward",
         f"{env['date']}, commit {env['commit']}, device {device} (GPU: {env['gpu']}), torch "
         f"{env['torch']}. TFLOP/s = 2 * sum(len^2) * heads * dim * 3.5 / time.",
         "python -m bench attention",
-    )  # fmt: skip
+    )
     return rows

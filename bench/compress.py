@@ -12,9 +12,14 @@ import torch
 from .harness import environment, write_results
 
 PRUNING = [
-    ("token", "surprisal"), ("token", "entropy"), ("token", "random"),
-    ("step", "surprisal"), ("step", "entropy"), ("step", "random"), ("truncate", None),
-]  # fmt: skip
+    ("token", "surprisal"),
+    ("token", "entropy"),
+    ("token", "random"),
+    ("step", "surprisal"),
+    ("step", "entropy"),
+    ("step", "random"),
+    ("truncate", None),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +64,20 @@ def run(args: argparse.Namespace) -> list[dict]:
         selection = seconds["selection"]
         model_time = seconds["scoring"] + (scoring if method != "truncate" else 0.0)
         total = model_time + selection
-        rows.append(_row(env, args, method, criterion, result.summary, len(traces), tokens,
-                         model_time, selection, total))  # fmt: skip
+        rows.append(
+            _row(
+                env,
+                args,
+                method,
+                criterion,
+                result.summary,
+                len(traces),
+                tokens,
+                model_time,
+                selection,
+                total,
+            )
+        )
     if args.rewriter:
         from cd_fast.compress.rewrite import LocalRewriter
 
@@ -68,19 +85,44 @@ def run(args: argparse.Namespace) -> list[dict]:
         result = compress(traces, "rewrite", args.budget, counter=tokenizer, rewriter=rewriter)
         seconds = result.summary["seconds"]
         total = seconds["generation"] + seconds["selection"]
-        rows.append(_row(env, args, "rewrite", "level 2", result.summary, len(traces), tokens,
-                         seconds["generation"], seconds["selection"], total))  # fmt: skip
-    columns = ["method", "criterion", "traces_per_s", "tokens_per_s", "model_s", "selection_s",
-               "selection_share", "ratio_tokens", "answers_kept"]  # fmt: skip
+        rows.append(
+            _row(
+                env,
+                args,
+                "rewrite",
+                "level 2",
+                result.summary,
+                len(traces),
+                tokens,
+                seconds["generation"],
+                seconds["selection"],
+                total,
+            )
+        )
+    columns = [
+        "method",
+        "criterion",
+        "traces_per_s",
+        "tokens_per_s",
+        "model_s",
+        "selection_s",
+        "selection_share",
+        "ratio_tokens",
+        "answers_kept",
+    ]
     write_results(
-        args.results_dir, "compress", rows, columns, "Compression throughput",
+        args.results_dir,
+        "compress",
+        rows,
+        columns,
+        "Compression throughput",
         f"{env['date']}, commit {env['commit']}, device {args.device} (GPU: {env['gpu']}), "
         f"{len(traces)} real Qwen3-8B traces ({tokens:,} tokens), budget {args.budget}, scorer "
         f"{args.scorer or 'SmolLM2-135M'}. model_s: the scorer's forward passes (one scoring "
         "pass shared by the pruning methods; truncation needs none); selection_s: selection + "
         "detokenisation + counting; selection_share = selection_s / (model_s + selection_s).",
         "python -m bench compress",
-    )  # fmt: skip
+    )
     return rows
 
 

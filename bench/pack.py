@@ -52,9 +52,14 @@ def step_time_ms(batch, device) -> float:
     from cd_fast.attention import register
 
     config = Qwen2Config(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-    )  # fmt: skip
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+    )
     model = AutoModelForCausalLM.from_config(
         config, attn_implementation=register(), dtype=torch.bfloat16
     ).to(device)
@@ -111,12 +116,23 @@ def run(args: argparse.Namespace) -> list[dict]:
                         "share_of_train_step": round(ms / step_ms, 5) if step_ms else "",
                     }
                 )
-    columns = ["provider", "mean_len", "sequences", "tokens", "ms", "speedup_vs_collator",
-               "share_of_train_step"]  # fmt: skip
+    columns = [
+        "provider",
+        "mean_len",
+        "sequences",
+        "tokens",
+        "ms",
+        "speedup_vs_collator",
+        "share_of_train_step",
+    ]
     write_results(
-        args.results_dir, "pack", rows, columns, "Packing a step's batch",
+        args.results_dir,
+        "pack",
+        rows,
+        columns,
+        "Packing a step's batch",
         f"{env['date']}, commit {env['commit']}, device {device} (GPU: {env['gpu']}, CPU: "
         f"{env['cpu']}), torch {env['torch']}, triton {env['triton']}.",
         "python -m bench pack --step-model",
-    )  # fmt: skip
+    )
     return rows

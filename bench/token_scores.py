@@ -24,9 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[1536, 4096])
     parser.add_argument("--vocab", type=int, nargs="+", default=[151936])
     parser.add_argument(
-        "--configs", nargs="+", default=list(FUSED_CONFIGS), choices=list(FUSED_CONFIGS),
+        "--configs",
+        nargs="+",
+        default=list(FUSED_CONFIGS),
+        choices=list(FUSED_CONFIGS),
         help="tile shapes of the fused kernel to time",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--end-to-end",
         action="store_true",
@@ -72,9 +75,14 @@ def _measure(fn, device) -> tuple[float | str, float | None]:
 
 
 QWEN25_15B = dict(
-    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-    num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-)  # fmt: skip
+    vocab_size=151936,
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+)
 
 
 def end_to_end(device, shape: dict | None = None, traces_count: int = 64) -> dict:
@@ -159,12 +167,22 @@ def run(args: argparse.Namespace) -> list[dict]:
         weight = torch.randn(vocab, hidden_size, device=device, dtype=dtype) / hidden_size**0.5
         targets = torch.randint(0, vocab, (tokens,), device=device)
         gemm_ms, _ = _measure(lambda h=hidden, w=weight: h @ w.t(), device)
-        providers = {
-            f"cd_fast fused {name}" + (" (default)" if name == DEFAULT_FUSED else ""):
-            functools.partial(token_scores, hidden, weight, targets, method="fused",
-                              fused_config=FUSED_CONFIGS[name])
-            for name in args.configs
-        } if device.type == "cuda" else {}  # fmt: skip
+        providers = (
+            {
+                f"cd_fast fused {name}"
+                + (" (default)" if name == DEFAULT_FUSED else ""): functools.partial(
+                    token_scores,
+                    hidden,
+                    weight,
+                    targets,
+                    method="fused",
+                    fused_config=FUSED_CONFIGS[name],
+                )
+                for name in args.configs
+            }
+            if device.type == "cuda"
+            else {}
+        )
         providers["cd_fast split"] = functools.partial(
             token_scores, hidden, weight, targets, method="split"
         )
@@ -188,14 +206,16 @@ def run(args: argparse.Namespace) -> list[dict]:
                     "provider": name,
                     "ms": round(ms, 3) if ok else ms,
                     "gemm_ms": round(gemm_ms, 3) if isinstance(gemm_ms, float) else gemm_ms,
-                    "x_bare_gemm": round(ms / gemm_ms, 3) if ok and isinstance(gemm_ms, float)
+                    "x_bare_gemm": round(ms / gemm_ms, 3)
+                    if ok and isinstance(gemm_ms, float)
                     else "",
                     "speedup_vs_eager": round(eager_ms / ms, 2)
-                    if ok and isinstance(eager_ms, float) else "",
+                    if ok and isinstance(eager_ms, float)
+                    else "",
                     "extra_gib": round(gib, 3) if gib is not None else "",
                     "extra_vs_eager": round(gib / eager_gib, 4) if gib and eager_gib else "",
                 }
-            )  # fmt: skip
+            )
             print(rows[-1]["tokens"], hidden_size, vocab, name, rows[-1]["ms"], "ms")
         del hidden, weight, targets
     if args.end_to_end:
@@ -217,16 +237,30 @@ def run(args: argparse.Namespace) -> list[dict]:
                 ),
             }
         )
-    columns = ["tokens", "hidden", "vocab", "provider", "ms", "x_bare_gemm", "speedup_vs_eager",
-               "extra_gib", "extra_vs_eager", "tokens_per_s", "forward_tokens_per_s",
-               "x_forward"]  # fmt: skip
+    columns = [
+        "tokens",
+        "hidden",
+        "vocab",
+        "provider",
+        "ms",
+        "x_bare_gemm",
+        "speedup_vs_eager",
+        "extra_gib",
+        "extra_vs_eager",
+        "tokens_per_s",
+        "forward_tokens_per_s",
+        "x_forward",
+    ]
     write_results(
-        args.results_dir, "token_scores", rows, columns,
+        args.results_dir,
+        "token_scores",
+        rows,
+        columns,
         "Token scoring: surprisal + entropy under the LM head",
         f"{env['date']}, commit {env['commit']}, device {device} (GPU: {env['gpu']}), torch "
         f"{env['torch']}, triton {env['triton']}; {dtype} inputs. x_bare_gemm = time / time of "
         "hidden @ weight.T alone (bf16 out); extra_gib = peak memory above the inputs. Score end "
         "to end: x_forward = the Scorer's time / the model's forward alone on the same batches.",
         "python -m bench token_scores --end-to-end",
-    )  # fmt: skip
+    )
     return rows

@@ -30,48 +30,105 @@ import torch
 from .harness import append_csv, environment, markdown_table, write_results
 
 SHAPES = {
-    "qwen2.5-0.5b": ("Qwen2Config", dict(
-        hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-        intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True)),
-    "qwen2.5-1.5b": ("Qwen2Config", dict(
-        hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-        intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True)),
-    "qwen3-8b": ("Qwen3Config", dict(
-        hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-        head_dim=128, intermediate_size=12288, vocab_size=151936, tie_word_embeddings=False)),
-    "tiny": ("Qwen2Config", dict(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, vocab_size=1000)),
-}  # fmt: skip
+    "qwen2.5-0.5b": (
+        "Qwen2Config",
+        dict(
+            hidden_size=896,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            intermediate_size=4864,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "qwen2.5-1.5b": (
+        "Qwen2Config",
+        dict(
+            hidden_size=1536,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            intermediate_size=8960,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "qwen3-8b": (
+        "Qwen3Config",
+        dict(
+            hidden_size=4096,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            intermediate_size=12288,
+            vocab_size=151936,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "tiny": (
+        "Qwen2Config",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=1000,
+        ),
+    ),
+}
 # run name -> (shape, mode, mean length, TRL anchor script, its SIZE, its WHICH (all settings,
 # best first: the fastest in ../shared/tools/README.md), its BS)
 RUNS = {
-    "0.5b-full-1500": ("qwen2.5-0.5b", "full", 1500, "trl_anchor.py", "0.5b",
-                       "pad_liger,pad,bfd_liger,pf_liger", 4),
-    "1.5b-full-1500": ("qwen2.5-1.5b", "full", 1500, "trl_anchor.py", "1.5b",
-                       "pad_liger,pad,pf_liger", 4),
+    "0.5b-full-1500": (
+        "qwen2.5-0.5b",
+        "full",
+        1500,
+        "trl_anchor.py",
+        "0.5b",
+        "pad_liger,pad,bfd_liger,pf_liger",
+        4,
+    ),
+    "1.5b-full-1500": (
+        "qwen2.5-1.5b",
+        "full",
+        1500,
+        "trl_anchor.py",
+        "1.5b",
+        "pad_liger,pad,pf_liger",
+        4,
+    ),
     "0.5b-full-300": ("qwen2.5-0.5b", "full", 300, "trl_anchor.py", "0.5b", "pad_liger", 16),
     "8b-qlora-1500": ("qwen3-8b", "qlora", 1500, "trl_qlora_anchor.py", "8b", "pad,pad_liger", 4),
     "tiny-full-300": ("tiny", "full", 300, "trl_anchor.py", "tiny", "pad", 4),
-}  # fmt: skip
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--runs", nargs="*", default=["0.5b-full-1500", "1.5b-full-1500", "8b-qlora-1500"],
+        "--runs",
+        nargs="*",
+        default=["0.5b-full-1500", "1.5b-full-1500", "8b-qlora-1500"],
         choices=list(RUNS),
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--variants", nargs="+", default=["bf16", "master"], choices=list(VARIANTS),
+        "--variants",
+        nargs="+",
+        default=["bf16", "master"],
+        choices=list(VARIANTS),
         help="cd_fast settings per full fine-tune run: bf16 = pure bf16 AdamW (what TRL's bf16 "
-             "runs do), master = fp32 master weights (cd_fast's default), compile = bf16 + "
-             "torch.compile of each block",
-    )  # fmt: skip
+        "runs do), master = fp32 master weights (cd_fast's default), compile = bf16 + "
+        "torch.compile of each block",
+    )
     parser.add_argument(
-        "--trl-settings", choices=("best", "all"), default="best",
+        "--trl-settings",
+        choices=("best", "all"),
+        default="best",
         help="TRL settings to rerun: the fastest one of the README's table, or all of them",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -84,18 +141,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--qlora-tokens-per-step", type=int, default=16384, help="the 8B QLoRA run's step"
     )
     parser.add_argument("--sequences", type=int, default=2000)
-    parser.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run the TRL anchors (needs trl + datasets)")  # fmt: skip
+    parser.add_argument(
+        "--trl",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the TRL anchors (needs trl + datasets)",
+    )
     parser.add_argument("--tools-dir", type=Path, default=Path("../shared/tools"))
     parser.add_argument(
-        "--epoch", nargs=2, type=Path, metavar=("ORIGINAL", "COMPRESSED"),
+        "--epoch",
+        nargs=2,
+        type=Path,
+        metavar=("ORIGINAL", "COMPRESSED"),
         help="also time one epoch on each trace file (cd_fast records) with --epoch-model",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--epoch-model",
         help="student for --epoch: a model folder or hub id, or a folder holding only a "
-             "tokenizer (then a random-init --epoch-shape student with that vocabulary is built)",
-    )  # fmt: skip
+        "tokenizer (then a random-init --epoch-shape student with that vocabulary is built)",
+    )
     parser.add_argument("--epoch-shape", default="qwen2.5-0.5b", choices=list(SHAPES))
 
 
@@ -165,13 +229,23 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
         model = str(path)
     tokens = args.qlora_tokens_per_step if qlora else args.tokens_per_step
     config = TrainConfig(
-        output_dir=str(workdir / f"run-{name}"), max_steps=args.steps,
+        output_dir=str(workdir / f"run-{name}"),
+        max_steps=args.steps,
         logging_steps=max(1, args.warmup),  # a metrics row (a host sync) per window, not per step
-        save_steps=0, max_tokens_per_step=tokens, max_seq_length=4096, learning_rate=1e-5,
-        lr_scheduler_type="constant", export="none", device=args.device, bf16=bf16,
-        lora_r=16 if qlora else 0, load_in_4bit=qlora, gradient_checkpointing=qlora,
-        lora_alpha=32, **({} if qlora else VARIANTS[variant]),
-    )  # fmt: skip
+        save_steps=0,
+        max_tokens_per_step=tokens,
+        max_seq_length=4096,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        export="none",
+        device=args.device,
+        bf16=bf16,
+        lora_r=16 if qlora else 0,
+        load_in_4bit=qlora,
+        gradient_checkpointing=qlora,
+        lora_alpha=32,
+        **({} if qlora else VARIANTS[variant]),
+    )
     from cd_fast.train.memory import ModelShape, estimate_memory
 
     estimate = estimate_memory(
@@ -232,8 +306,16 @@ def _trl_runs(name: str, args: argparse.Namespace) -> list[dict]:
         print(f"{name}: TRL anchors skipped ({', '.join(missing)} not installed)")
         return []
     with tempfile.TemporaryDirectory() as out:
-        env = {**os.environ, "SIZE": size, "MEANLEN": str(mean), "WHICH": which, "BS": str(batch),
-               "STEPS": str(args.steps), "NSEQ": str(args.sequences), "OUT": out}  # fmt: skip
+        env = {
+            **os.environ,
+            "SIZE": size,
+            "MEANLEN": str(mean),
+            "WHICH": which,
+            "BS": str(batch),
+            "STEPS": str(args.steps),
+            "NSEQ": str(args.sequences),
+            "OUT": out,
+        }
         scratch = scratch_dir()
         if scratch:
             env["TMPDIR"] = scratch  # the QLoRA anchor saves its 16 GB model there
@@ -248,9 +330,15 @@ def _trl_runs(name: str, args: argparse.Namespace) -> list[dict]:
         if "error" in r:
             print(f"{name}: TRL {r['name']} failed: {r['error']}")
             continue
-        rows.append({"provider": f"trl {r['name']} (batch {batch})",
-                     "label_tok_per_s": round(r["tok_per_s"], 1), "mfu": "",
-                     "peak_gib": round(r["peak_gib"], 2), "estimate_gib": ""})  # fmt: skip
+        rows.append(
+            {
+                "provider": f"trl {r['name']} (batch {batch})",
+                "label_tok_per_s": round(r["tok_per_s"], 1),
+                "mfu": "",
+                "peak_gib": round(r["peak_gib"], 2),
+                "estimate_gib": "",
+            }
+        )
     return rows
 
 
@@ -280,26 +368,40 @@ def _epoch_rows(args: argparse.Namespace, workdir: Path) -> list[dict]:
 
     def config(name: str, **options) -> TrainConfig:
         return TrainConfig(
-            output_dir=str(workdir / name), logging_steps=10, save_steps=0,
-            max_tokens_per_step=args.tokens_per_step, max_seq_length=args.tokens_per_step,
-            export="none", device=args.device, learning_rate=1e-5, **options,
-        )  # fmt: skip
+            output_dir=str(workdir / name),
+            logging_steps=10,
+            save_steps=0,
+            max_tokens_per_step=args.tokens_per_step,
+            max_seq_length=args.tokens_per_step,
+            export="none",
+            device=args.device,
+            learning_rate=1e-5,
+            **options,
+        )
 
     # Compilation (Triton, FlashAttention-4's JIT, cuBLAS handles) stays out of both timings.
     for label, path in zip(("original", "compressed"), args.epoch, strict=True):
         Trainer(student, path, config(f"warmup-{label}", max_steps=3), progress=False).train()
     rows = []
     for label, path in zip(("original", "compressed"), args.epoch, strict=True):
-        trainer = Trainer(student, path, config(f"epoch-{label}", num_train_epochs=1),
-                          progress=False).setup()  # fmt: skip
+        trainer = Trainer(
+            student, path, config(f"epoch-{label}", num_train_epochs=1), progress=False
+        ).setup()
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
         result = trainer.train()
         seconds = round(time.perf_counter() - started, 2)
         tokens = trainer.train_set.label_tokens
-        rows.append({"traces": label, "file": Path(path).name, "label_tokens": tokens,
-                     "steps": result.step, "seconds": seconds})  # fmt: skip
+        rows.append(
+            {
+                "traces": label,
+                "file": Path(path).name,
+                "label_tokens": tokens,
+                "steps": result.step,
+                "seconds": seconds,
+            }
+        )
     base = rows[0]
     for row in rows:
         row["speedup"] = round(base["seconds"] / row["seconds"], 2) if row["seconds"] else ""
@@ -316,8 +418,15 @@ def _guarded(what: str, fn, *args) -> list[dict]:
         print(f"{what}: {message}", file=sys.stderr)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return [{"provider": what, "label_tok_per_s": message, "mfu": "", "peak_gib": "",
-                 "estimate_gib": ""}]  # fmt: skip
+        return [
+            {
+                "provider": what,
+                "label_tok_per_s": message,
+                "mfu": "",
+                "peak_gib": "",
+                "estimate_gib": "",
+            }
+        ]
 
 
 def _this_session(csv_path: Path, env: dict, benchmark: str) -> list[dict]:
@@ -326,8 +435,13 @@ def _this_session(csv_path: Path, env: dict, benchmark: str) -> list[dict]:
     if not csv_path.exists():
         return []
     with csv_path.open(newline="", encoding="utf-8") as handle:
-        return [r for r in csv.DictReader(handle) if r.get("benchmark") == benchmark
-                and r.get("commit") == env["commit"] and r.get("gpu") == env["gpu"]]  # fmt: skip
+        return [
+            r
+            for r in csv.DictReader(handle)
+            if r.get("benchmark") == benchmark
+            and r.get("commit") == env["commit"]
+            and r.get("gpu") == env["gpu"]
+        ]
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -352,13 +466,23 @@ def run(args: argparse.Namespace) -> list[dict]:
                 for r in group
                 if r["provider"].startswith("trl") and isinstance(r["label_tok_per_s"], float)
             ]
-            best_trl = max(trl, default=None)  # fmt: skip
+            best_trl = max(trl, default=None)
             for row in group:
                 speed = row["label_tok_per_s"]
-                row.update({**env, "benchmark": "train", "run": name, "shape": shape,
-                            "mode": mode, "mean_len": mean, "device": args.device,
-                            "vs_best_trl": round(speed / best_trl, 2)
-                            if best_trl and isinstance(speed, float) else ""})  # fmt: skip
+                row.update(
+                    {
+                        **env,
+                        "benchmark": "train",
+                        "run": name,
+                        "shape": shape,
+                        "mode": mode,
+                        "mean_len": mean,
+                        "device": args.device,
+                        "vs_best_trl": round(speed / best_trl, 2)
+                        if best_trl and isinstance(speed, float)
+                        else "",
+                    }
+                )
             append_csv(csv_path, group)  # as each run ends: a later failure loses nothing
             rows += group
         if args.epoch:
@@ -367,8 +491,15 @@ def run(args: argparse.Namespace) -> list[dict]:
                 row.update({**env, "benchmark": "train_epoch", "device": args.device})
             append_csv(csv_path, epoch)
             rows += epoch
-    columns = ["run", "provider", "label_tok_per_s", "vs_best_trl", "mfu", "peak_gib",
-               "estimate_gib"]  # fmt: skip
+    columns = [
+        "run",
+        "provider",
+        "label_tok_per_s",
+        "vs_best_trl",
+        "mfu",
+        "peak_gib",
+        "estimate_gib",
+    ]
     epoch_rows = _this_session(csv_path, env, "train_epoch")
     extra = ""
     if epoch_rows:
@@ -381,7 +512,10 @@ def run(args: argparse.Namespace) -> list[dict]:
             + "\n"
         )
     write_results(
-        args.results_dir, "train", _this_session(csv_path, env, "train"), columns,
+        args.results_dir,
+        "train",
+        _this_session(csv_path, env, "train"),
+        columns,
         "SFT throughput: cd_fast vs TRL",
         f"{env['date']}, commit {env['commit']}, device {args.device} (GPU: {env['gpu']}), torch "
         f"{env['torch']}. Random-init weights, lognormal lengths (sigma 0.7, 64..4096), "
@@ -391,5 +525,5 @@ def run(args: argparse.Namespace) -> list[dict]:
         "python -m bench train",
         extra,
         append=False,
-    )  # fmt: skip
+    )
     return rows

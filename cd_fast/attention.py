@@ -175,11 +175,15 @@ def varlen_attention(
             options["softcap"] = softcap
         fn = _fa4() if backend == "fa4" else _fa2()
         out = fn(
-            q, k, v,
-            cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
-            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
+            q,
+            k,
+            v,
+            cu_seqlens_q=cu_seqlens,
+            cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen,
+            max_seqlen_k=max_seqlen,
             **options,
-        )  # fmt: skip
+        )
         return out[0] if isinstance(out, tuple) else out
     if backend == "torch":
         params = _torch_varlen_params()
@@ -261,9 +265,16 @@ def attention_forward(
     max_seqlen = int(max_seqlen)  # a host int: never read back from the device here
 
     out = varlen_attention(
-        q, k, v, cu_seqlens.to(torch.int32), max_seqlen,
-        scale=scaling, causal=causal, window=sliding_window, softcap=softcap,
-    )  # fmt: skip
+        q,
+        k,
+        v,
+        cu_seqlens.to(torch.int32),
+        max_seqlen,
+        scale=scaling,
+        causal=causal,
+        window=sliding_window,
+        softcap=softcap,
+    )
     if keep is not None:
         full = out.new_zeros(batch * seq, heads, dim)
         full[keep] = out

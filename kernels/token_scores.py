@@ -218,8 +218,10 @@ def _mm_has_out_dtype(device_type: str) -> bool:
         reason = str(error).splitlines()[0][:160]
         logger.info(
             "torch.mm(out_dtype=float32) unavailable on %s (%s): upcasting the operands to fp32 "
-            "for the LM-head GEMM", device_type, reason,
-        )  # fmt: skip
+            "for the LM-head GEMM",
+            device_type,
+            reason,
+        )
         return False
     return True
 
@@ -294,17 +296,40 @@ def token_scores_fused_fwd(
         target_logit = torch.empty(count, dtype=torch.float32, device=hidden.device)
         grid = (triton.cdiv(count, config.block_t) * n_blocks_v,)
         _token_scores_fused_kernel[grid](
-            hidden[start:end], weight, targets[start:end], stats, target_logit,
-            count, vocab, size, hidden.stride(0), weight.stride(0), n_blocks_v,
-            BLOCK_T=config.block_t, BLOCK_V=config.block_v, BLOCK_H=config.block_h,
-            GROUP_T=group_t, IGNORE=IGNORE_INDEX, PRECISION=precision, UPCAST=upcast,
-            num_warps=config.num_warps, num_stages=config.num_stages,
-        )  # fmt: skip
+            hidden[start:end],
+            weight,
+            targets[start:end],
+            stats,
+            target_logit,
+            count,
+            vocab,
+            size,
+            hidden.stride(0),
+            weight.stride(0),
+            n_blocks_v,
+            BLOCK_T=config.block_t,
+            BLOCK_V=config.block_v,
+            BLOCK_H=config.block_h,
+            GROUP_T=group_t,
+            IGNORE=IGNORE_INDEX,
+            PRECISION=precision,
+            UPCAST=upcast,
+            num_warps=config.num_warps,
+            num_stages=config.num_stages,
+        )
         merge_t = 64
         _token_scores_merge_kernel[(triton.cdiv(count, merge_t),)](
-            stats, target_logit, targets[start:end], surprisal[start:end], entropy[start:end],
-            count, n_blocks_v, BLOCK_T=merge_t, BLOCK_N=32, IGNORE=IGNORE_INDEX,
-        )  # fmt: skip
+            stats,
+            target_logit,
+            targets[start:end],
+            surprisal[start:end],
+            entropy[start:end],
+            count,
+            n_blocks_v,
+            BLOCK_T=merge_t,
+            BLOCK_N=32,
+            IGNORE=IGNORE_INDEX,
+        )
     return TokenScores(surprisal, entropy)
 
 

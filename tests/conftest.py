@@ -45,8 +45,10 @@ def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str)
 
 
 def run_cdfast(*args: object, timeout: float = 900, **options) -> subprocess.CompletedProcess:
-    """`cdfast ARGS` as a user runs it: a subprocess (this checkout first on the path)."""
+    """`cdfast ARGS` as a user runs it: a subprocess (this checkout first on the path). `env`
+    adds variables to this process's; a variable set to None is removed."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **options.pop("env", {})}
+    env = {key: value for key, value in env.items() if value is not None}
     return subprocess.run(
         [sys.executable, "-m", "cd_fast.cli", *map(str, args)],
         capture_output=True,

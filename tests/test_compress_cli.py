@@ -27,10 +27,22 @@ def served_smollm2(smollm2_dir):
     port = free_port()
     log = open(smollm2_dir.parent / "serve.log", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
-        [sys.executable, "-m", "transformers.cli.transformers", "serve", str(smollm2_dir),
-         "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "transformers.cli.transformers",
+            "serve",
+            str(smollm2_dir),
+            "--device",
+            "cpu",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -57,10 +69,28 @@ def test_rewrite_over_http_against_transformers_serve(
     source = tmp_path / "traces.jsonl"
     write_jsonl(source, traces)
     out = tmp_path / "rewritten.jsonl"
-    done = cdfast("compress", source, "-o", out, "--method", "rewrite", "--level", "3",
-                  "--backend", "http", "--base-url", served_smollm2, "--rewriter",
-                  str(smollm2_dir), "--tokenizer", smollm2_dir, "--max-new-tokens", "24",
-                  "--concurrency", "2")  # fmt: skip
+    done = cdfast(
+        "compress",
+        source,
+        "-o",
+        out,
+        "--method",
+        "rewrite",
+        "--level",
+        "3",
+        "--backend",
+        "http",
+        "--base-url",
+        served_smollm2,
+        "--rewriter",
+        str(smollm2_dir),
+        "--tokenizer",
+        smollm2_dir,
+        "--max-new-tokens",
+        "24",
+        "--concurrency",
+        "2",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in records] == [t.id for t in traces]
@@ -71,7 +101,9 @@ def test_rewrite_over_http_against_transformers_serve(
 
 def test_http_rewriter_retries_then_fails_clearly():
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    rewriter = HTTPRewriter(dead, "m", retries=2, backoff=0.01, timeout=2)
+    rewriter = HTTPRewriter(
+        dead, "m", api_key=None, concurrency=1, timeout=2, retries=2, backoff=0.01
+    )
     tic = time.perf_counter()
     with pytest.raises(RuntimeError, match="no answer after 3 attempts"):
         rewriter.generate(["hello"], [8])
@@ -89,8 +121,21 @@ def test_cli_prunes_with_stored_scores(scored, mixed_traces, smollm2_dir, cdfast
     source = tmp_path / "traces.jsonl"
     write_jsonl(source, mixed_traces)
     out = tmp_path / "token.jsonl"
-    done = cdfast("compress", source, "-o", out, "--method", "token", "--budget", "0.3",
-                  "--scores", store, "--tokenizer", smollm2_dir, "--keep-original")  # fmt: skip
+    done = cdfast(
+        "compress",
+        source,
+        "-o",
+        out,
+        "--method",
+        "token",
+        "--budget",
+        "0.3",
+        "--scores",
+        store,
+        "--tokenizer",
+        smollm2_dir,
+        "--keep-original",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ratio (tokens)" in done.stdout and "answers kept" in done.stdout
     records = [json.loads(x) for x in out.read_text().splitlines()]
@@ -106,8 +151,18 @@ def test_cli_resumes_after_a_failure_and_reports_bad_lines(qwen3, smollm2_dir, c
     good.write_text("\n".join(lines) + "\n")
     broken = tmp_path / "broken.jsonl"
     broken.write_text("\n".join([*lines[:19], '{"id": "x", "completion": 5}', *lines[20:]]) + "\n")
-    common = ["--prompts", qwen3.items, "--method", "truncate", "--budget", "0.3",
-              "--tokenizer", smollm2_dir, "--batch-size", "8"]  # fmt: skip
+    common = [
+        "--prompts",
+        qwen3.items,
+        "--method",
+        "truncate",
+        "--budget",
+        "0.3",
+        "--tokenizer",
+        smollm2_dir,
+        "--batch-size",
+        "8",
+    ]
     straight = cdfast("compress", good, "-o", tmp_path / "straight.jsonl", *common)
     assert straight.returncode == 0, straight.stderr[-2000:]
 

@@ -61,10 +61,14 @@ def test_token_pruning_meets_the_budget_and_keeps_symbols(criterion, scorer, sco
 
 def test_token_criteria_choose_differently(scorer, scored, mixed_traces):
     outputs = {
-        c: [r.trace for r in compress(mixed_traces, "token", 0.3, scorer=scorer, scores=scored,
-                                      criterion=c).records]
+        c: [
+            r.trace
+            for r in compress(
+                mixed_traces, "token", 0.3, scorer=scorer, scores=scored, criterion=c
+            ).records
+        ]
         for c in ("surprisal", "random")
-    }  # fmt: skip
+    }
     assert outputs["surprisal"] != outputs["random"]
     other_seed = compress(mixed_traces, "token", 0.3, scorer=scorer, criterion="random", seed=1)
     assert [r.trace for r in other_seed.records] != outputs["random"]
@@ -83,8 +87,9 @@ def test_step_pruning_meets_the_budget_and_keeps_order(criterion, scorer, scored
 
 def test_adaptive_budget_holds_the_dataset_ratio(scorer, scored, mixed_traces):
     flat = compress(mixed_traces, "step", 0.3, scorer=scorer, scores=scored, batch_size=64)
-    adaptive = compress(mixed_traces, "step", 0.3, scorer=scorer, scores=scored, adaptive=True,
-                        batch_size=64)  # fmt: skip
+    adaptive = compress(
+        mixed_traces, "step", 0.3, scorer=scorer, scores=scored, adaptive=True, batch_size=64
+    )
     assert abs(adaptive.summary["ratio_tokens"] - 0.3) <= 0.02
     flat_ratios = [r.meta["compression"]["ratio_tokens"] for r in flat.records]
     adaptive_ratios = [r.meta["compression"]["ratio_tokens"] for r in adaptive.records]
@@ -95,13 +100,18 @@ def test_answer_delta_equals_the_models_answer_loss(smollm2, scorer, shared_data
     model, tokenizer = smollm2
     rows = [json.loads(x) for x in (shared_data / "gsm8k" / "test.jsonl").open()][:3]
     traces = [
-        Trace(id=f"gsm8k-{i}", question=r["question"], trace=r["answer"].split("####")[0],
-              gold=r["answer"].split("####")[1].strip())
+        Trace(
+            id=f"gsm8k-{i}",
+            question=r["question"],
+            trace=r["answer"].split("####")[0],
+            gold=r["answer"].split("####")[1].strip(),
+        )
         for i, r in enumerate(rows)
-    ]  # fmt: skip
+    ]
     trace = traces[0]
-    steps = np.array([[0, trace.trace.find("\n") + 1], [trace.trace.find("\n") + 1,
-                                                        len(trace.trace)]])  # fmt: skip
+    steps = np.array(
+        [[0, trace.trace.find("\n") + 1], [trace.trace.find("\n") + 1, len(trace.trace)]]
+    )
     deltas = scorer.answer_delta(trace, steps, "42")
     assert deltas.shape == (2,) and np.isfinite(deltas).all()
     # the packed, head-fused loss equals the model's own loss on one sequence
@@ -131,8 +141,14 @@ def test_truncation_and_matched_lengths(scorer, mixed_traces):
     stepped = compress(mixed_traces, "step", 0.3, scorer=scorer, criterion="random")
     counts = scorer.tokenizer([r.trace for r in stepped.records], add_special_tokens=False)
     lengths = {r.id: len(ids) for r, ids in zip(stepped.records, counts["input_ids"], strict=True)}
-    matched = compress(mixed_traces, "truncate", None, scorer=scorer, match_lengths=lengths,
-                       on_lost_answer="original")  # fmt: skip
+    matched = compress(
+        mixed_traces,
+        "truncate",
+        None,
+        scorer=scorer,
+        match_lengths=lengths,
+        on_lost_answer="original",
+    )
     for record in matched.records:
         if record.meta["compression"]["action"] == "compressed":
             got = len(scorer.tokenizer(record.trace, add_special_tokens=False)["input_ids"])
@@ -140,8 +156,9 @@ def test_truncation_and_matched_lengths(scorer, mixed_traces):
 
 
 def test_target_tokens_caps_each_trace(scorer, mixed_traces):
-    result = compress(mixed_traces, "truncate", None, scorer=scorer, target_tokens=40,
-                      on_lost_answer="original")  # fmt: skip
+    result = compress(
+        mixed_traces, "truncate", None, scorer=scorer, target_tokens=40, on_lost_answer="original"
+    )
     assert result.summary["budget"] == 40
     for record in result.records:
         got = len(scorer.tokenizer(record.trace, add_special_tokens=False)["input_ids"])
@@ -172,8 +189,15 @@ def test_lost_answer_policies(policy, scorer, mixed_traces):
 def test_rewrite_with_the_local_backend(smollm2_dir, short_traces):
     rewriter = LocalRewriter(smollm2_dir, device="cpu", batch_size=2)
     traces = short_traces[:2]
-    result = compress(traces, "rewrite", 0.3, counter=rewriter.tokenizer, rewriter=rewriter,
-                      level=2, max_new_tokens=24)  # fmt: skip
+    result = compress(
+        traces,
+        "rewrite",
+        0.3,
+        counter=rewriter.tokenizer,
+        rewriter=rewriter,
+        level=2,
+        max_new_tokens=24,
+    )
     assert len(result.records) == 2
     for record, original in zip(result.records, traces, strict=True):
         info = record.meta["compression"]

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from cd_fast.compress.select import contains_answer
@@ -33,16 +30,14 @@ def test_generated_problems_are_verifiable_and_verbose():
     assert "double-check" in text and "Hmm, maybe" in text and "verify" in text
 
 
-def test_demo_runs_end_to_end_and_reports(tmp_path):
+def test_demo_runs_end_to_end_and_reports(cdfast, tmp_path):
     # The kernels' own tests cover the Triton interpreter; here it would make the run 8x slower.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
     out = tmp_path / "demo"
-    done = subprocess.run(
-        [sys.executable, "-m", "cd_fast.cli", "demo", "--size", "micro", "-o", str(out),
-         "--device", "cpu"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
-    )  # fmt: skip
+    done = cdfast(
+        *("demo", "--size", "micro", "-o", out, "--device", "cpu"),
+        env={"TRITON_INTERPRET": None},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "demo.json").read_text())
     runs = results["runs"]
@@ -57,28 +52,23 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
         assert runs[name]["ratio_tokens"] < 0.8
     assert (out / "report.md").is_file() and list(out.glob("report-0-*.png"))
 
-    report = subprocess.run(
-        [sys.executable, "-m", "cd_fast.cli", "report", str(out), "-o", str(tmp_path / "r.md")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+    report = cdfast("report", out, "-o", tmp_path / "r.md", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     text = (tmp_path / "r.md").read_text()
     assert "accuracy / 1k tokens" in text and "r-0-tradeoff.png" in text
     assert (tmp_path / "r-0-tradeoff.png").stat().st_size > 1000
 
 
-def test_demo_on_user_traces(shared_data, tmp_path):
+def test_demo_on_user_traces(shared_data, cdfast, tmp_path):
     traces = tmp_path / "gsm8k.jsonl"
     lines = (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:80]
     traces.write_text("\n".join(lines) + "\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
     out = tmp_path / "demo"
-    done = subprocess.run(
-        [sys.executable, "-m", "cd_fast.cli", "demo", "--size", "micro", "--traces", str(traces),
-         "-o", str(out), "--device", "cpu"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
-    )  # fmt: skip
+    done = cdfast(
+        *("demo", "--size", "micro", "--traces", traces, "-o", out, "--device", "cpu"),
+        env={"TRITON_INTERPRET": None},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "demo.json").read_text())
     assert results["train_records"] + results["eval_records"] == 80

@@ -58,8 +58,10 @@ def test_grade_formats(prediction, gold, expected):
 
 
 def test_metrics_and_baseline_ratios():
-    run = [{"correct": c, "output_tokens": n, "truncated": t}
-           for c, n, t in [(True, 50, False), (False, 150, True)]]  # fmt: skip
+    run = [
+        {"correct": c, "output_tokens": n, "truncated": t}
+        for c, n, t in [(True, 50, False), (False, 150, True)]
+    ]
     result = metrics(run, {"accuracy": 0.6, "mean_output_tokens": 400.0})
     assert result["accuracy"] == 0.5 and result["mean_output_tokens"] == 100.0
     assert result["median_output_tokens"] == 100 and result["truncation_rate"] == 0.5
@@ -77,9 +79,14 @@ def tiny_student(smollm2_path, tmp_path_factory) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name)
-    config = Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64,
-                         vocab_size=len(tokenizer))  # fmt: skip
+    config = Qwen2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        vocab_size=len(tokenizer),
+    )
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-student")
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
@@ -88,8 +95,12 @@ def tiny_student(smollm2_path, tmp_path_factory) -> Path:
 
 
 def gsm8k(shared_data, count):
-    return [t for _, t in zip(range(count), TraceReader(shared_data / "gsm8k" / "test.jsonl"),
-                              strict=False)]  # fmt: skip
+    return [
+        t
+        for _, t in zip(
+            range(count), TraceReader(shared_data / "gsm8k" / "test.jsonl"), strict=False
+        )
+    ]
 
 
 def test_eval_with_a_tiny_model_grades_and_resumes(tiny_student, shared_data, tmp_path):

@@ -67,8 +67,9 @@ def test_semantics_on_a_small_batch():
 def test_slices_of_samples():
     store = TokenStore([list(range(100, 110)), list(range(200, 206))], prompt_lengths=[3, 0])
     batch = store.pack([0, 0, 1], starts=[0, 6, 2], stops=[6, 10, 6])
-    assert batch.input_ids.tolist() == [[100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 202,
-                                         203, 204, 205]]  # fmt: skip
+    assert batch.input_ids.tolist() == [
+        [100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 202, 203, 204, 205]
+    ]
     assert batch.labels[0, :6].tolist() == [-100, -100, -100, 103, 104, 105]
     assert batch.labels[0, 6:10].tolist() == [-100, 107, 108, 109]  # a slice starts fresh
     assert batch.position_ids[0, 6:10].tolist() == [0, 1, 2, 3]

@@ -60,8 +60,15 @@ def test_overlong_samples_truncate_or_split():
     splitting = StepPlanner(lengths, 4096, overlong="split")
     assert splitting.split == 2 and splitting.truncated == 0
     pieces = [(p.index, p.start, p.stop) for p in splitting.pieces]
-    assert pieces == [(0, 0, 100), (1, 0, 4096), (1, 4096, 5000), (2, 0, 300),
-                      (3, 0, 4096), (3, 4096, 8192), (3, 8192, 9000)]  # fmt: skip
+    assert pieces == [
+        (0, 0, 100),
+        (1, 0, 4096),
+        (1, 4096, 5000),
+        (2, 0, 300),
+        (3, 0, 4096),
+        (3, 4096, 8192),
+        (3, 8192, 9000),
+    ]
     check_plan(splitting, splitting.epoch_plan(0))
     with pytest.raises(ValueError, match="StepPlanner"):
         plan_steps(lengths, 4096, overlong="split")

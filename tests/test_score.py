@@ -120,24 +120,40 @@ def test_cli_scores_real_traces_and_resumes(smollm2_path, shared_data, tmp_path,
     folder = shared_data / "qwen3-8b-thinking"
     out = tmp_path / "scores"
     args = [
-        "score", folder / "qwen3-8b__think-on.jsonl", "--prompts", folder / "items.json",
-        "--model", smollm2_path, "-o", out, "--limit", "2", "--shard-size", "1",
-    ]  # fmt: skip
+        "score",
+        folder / "qwen3-8b__think-on.jsonl",
+        "--prompts",
+        folder / "items.json",
+        "--model",
+        smollm2_path,
+        "-o",
+        out,
+        "--limit",
+        "2",
+        "--shard-size",
+        "1",
+    ]
     first = cdfast(*args)
     assert first.returncode == 0, first.stderr
     assert "scored 2 records" in first.stdout and "tokens/s" in first.stdout
     records = list(ScoreStore(out))
     assert [r.id for r in records] == ["arith-00-0", "arith-00-1"]
-    traces = {t.id: t for t in TraceReader(folder / "qwen3-8b__think-on.jsonl",
-                                           prompts=folder / "items.json")}  # fmt: skip
+    traces = {
+        t.id: t
+        for t in TraceReader(folder / "qwen3-8b__think-on.jsonl", prompts=folder / "items.json")
+    }
     for record in records:
         trace = traces[record.id]
         assert len(record.token_ids) > 100 and np.isfinite(record.surprisal).all()
         assert record.steps[-1, 1] == len(trace.trace)
-        assert np.isclose(record.step_scores["step_surprisal_sum"].sum(), record.surprisal.sum(),
-                          rtol=1e-4)  # fmt: skip
-        digits = [i for i, (a, b) in enumerate(record.offsets) if any(
-            c.isdigit() for c in trace.trace[a:b])]  # fmt: skip
+        assert np.isclose(
+            record.step_scores["step_surprisal_sum"].sum(), record.surprisal.sum(), rtol=1e-4
+        )
+        digits = [
+            i
+            for i, (a, b) in enumerate(record.offsets)
+            if any(c.isdigit() for c in trace.trace[a:b])
+        ]
         assert record.protected[digits].all()
     saved = (out / "shard-00001.parquet").read_bytes()
 
@@ -158,8 +174,9 @@ def test_cli_scores_real_traces_and_resumes(smollm2_path, shared_data, tmp_path,
 def test_trace_with_given_steps_keeps_them(smollm2, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     model, tokenizer = smollm2
-    trace = Trace(id="t", question="What is 2+3?", trace="Two plus three. It is 5.",
-                  steps=[[0, 15], [15, 24]])  # fmt: skip
+    trace = Trace(
+        id="t", question="What is 2+3?", trace="Two plus three. It is 5.", steps=[[0, 15], [15, 24]]
+    )
     (record,) = Scorer(model, tokenizer).score([trace])
     assert record.steps.tolist() == [[0, 15], [15, 24]]
     assert len(record.step_scores["step_entropy_mean"]) == 2

@@ -50,8 +50,14 @@ def test_fused_matches_float64_reference(tokens, vocab, size, dtype, assert_clos
     weight = (torch.randn(vocab, size, generator=generator) / 4).to(dtype)
     targets = torch.randint(0, vocab, (tokens,), generator=generator)
     targets[1::5] = -100
-    config = module.FusedConfig(block_t=16, block_v=64, block_h=16, num_warps=4, num_stages=2,
-                                group_bytes=2 * 16 * size * hidden.element_size())  # fmt: skip
+    config = module.FusedConfig(
+        block_t=16,
+        block_v=64,
+        block_h=16,
+        num_warps=4,
+        num_stages=2,
+        group_bytes=2 * 16 * size * hidden.element_size(),
+    )
     got = token_scores(hidden, weight, targets, method="fused", fused_config=config)
     want = token_scores_ref(hidden, weight, targets)
     assert_close("surprisal", want.surprisal, got.surprisal, TOLERANCE[dtype])
@@ -147,8 +153,9 @@ def test_matches_reference_on_gpu(tokens, size, dtype, method, config, assert_cl
     weight = (torch.randn(vocab, size, device="cuda", generator=generator) / 30).to(dtype)
     targets = torch.randint(0, vocab, (tokens,), device="cuda", generator=generator)
     targets[::3] = -100
-    got = token_scores(hidden, weight, targets, method=method,
-                       fused_config=module.FUSED_CONFIGS[config])  # fmt: skip
+    got = token_scores(
+        hidden, weight, targets, method=method, fused_config=module.FUSED_CONFIGS[config]
+    )
     want = reference_in_chunks(hidden, weight, targets)
     assert_close("surprisal", want.surprisal, got.surprisal, TOLERANCE[dtype])
     assert_close("entropy", want.entropy, got.entropy, TOLERANCE[dtype])

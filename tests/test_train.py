@@ -56,10 +56,16 @@ def make_tiny(kind: str, tokenizer_dir: Path, out: Path, tied: bool = True) -> P
     config_name, extra = TINY[kind]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = getattr(transformers, config_name)(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, vocab_size=len(tokenizer), tie_word_embeddings=tied,
-        max_position_embeddings=4096, **extra,
-    )  # fmt: skip
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=tied,
+        max_position_embeddings=4096,
+        **extra,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -79,10 +85,17 @@ def traces(shared_data: Path, limit: int = 48) -> list:
 
 def config(tmp_path: Path, **options) -> TrainConfig:
     base = dict(
-        output_dir=str(tmp_path / "run"), learning_rate=3e-3, max_steps=6,
-        max_tokens_per_step=1024, max_seq_length=512, logging_steps=1, save_steps=0,
-        lr_scheduler_type="constant", export="none", device="cpu",
-    )  # fmt: skip
+        output_dir=str(tmp_path / "run"),
+        learning_rate=3e-3,
+        max_steps=6,
+        max_tokens_per_step=1024,
+        max_seq_length=512,
+        logging_steps=1,
+        save_steps=0,
+        lr_scheduler_type="constant",
+        export="none",
+        device="cpu",
+    )
     return TrainConfig(**{**base, **options})
 
 
@@ -193,8 +206,16 @@ def test_qlora_quantises_the_blocks_and_keeps_the_head(tiny_models, tmp_path):
 
 def test_resume_continues_the_exact_trajectory(tiny_models, shared_data, tmp_path):
     data = traces(shared_data, 24)
-    options = dict(max_steps=6, save_steps=3, save_total_limit=None, lora_r=8, lora_dropout=0.2,
-                   learning_rate=1e-2, lr_scheduler_type="cosine", warmup_ratio=0.2)  # fmt: skip
+    options = dict(
+        max_steps=6,
+        save_steps=3,
+        save_total_limit=None,
+        lora_r=8,
+        lora_dropout=0.2,
+        learning_rate=1e-2,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.2,
+    )
     full = Trainer(tiny_models["qwen3"], data, config(tmp_path / "a", **options), progress=False)
     straight = full.train()
     run_a = tmp_path / "a" / "run"
@@ -219,8 +240,12 @@ def test_one_step_equals_accumulated_micro_steps(tiny_models, shared_data, tmp_p
     data = traces(shared_data, 32)
     runs = {}
     for accumulation in (1, 4):
-        cfg = config(tmp_path / str(accumulation), max_steps=2, max_tokens_per_step=4096,
-                     gradient_accumulation_steps=accumulation)  # fmt: skip
+        cfg = config(
+            tmp_path / str(accumulation),
+            max_steps=2,
+            max_tokens_per_step=4096,
+            gradient_accumulation_steps=accumulation,
+        )
         trainer = Trainer(tiny_models["qwen2"], data, cfg, progress=False)
         result = trainer.train()
         runs[accumulation] = (result.losses, dict(trainer.model.named_parameters()))
@@ -228,8 +253,13 @@ def test_one_step_equals_accumulated_micro_steps(tiny_models, shared_data, tmp_p
     for step in (1, 2):
         assert losses_4[step] == pytest.approx(losses_1[step], rel=1e-5)
     # The gradient norm sees a mis-scaled accumulation, which AdamW's update would hide.
-    norms = {a: [json.loads(x)["grad_norm"] for x in (tmp_path / str(a) / "run" /
-             "metrics.jsonl").read_text().splitlines()] for a in (1, 4)}  # fmt: skip
+    norms = {
+        a: [
+            json.loads(x)["grad_norm"]
+            for x in (tmp_path / str(a) / "run" / "metrics.jsonl").read_text().splitlines()
+        ]
+        for a in (1, 4)
+    }
     assert norms[4] == pytest.approx(norms[1], rel=1e-4)
     # AdamW turns fp32 summation-order noise on near-zero gradients into updates of up to a
     # few 1e-6 at this learning rate (3e-3): a tolerance above that.
@@ -323,9 +353,10 @@ def test_nan_loss_stops_with_step_and_samples_or_is_skipped(tokenizer_dir, share
     path = make_tiny("llama", tokenizer_dir, tmp_path / "untied", tied=False)
     tokenizer = AutoTokenizer.from_pretrained(path)
     poison = next(
-        t for t in range(40000, 49152)
+        t
+        for t in range(40000, 49152)
         if tokenizer(" " + tokenizer.decode([t]), add_special_tokens=False)["input_ids"][-1:] == [t]
-    )  # fmt: skip
+    )
     data = [t.to_dict() for t in traces(shared_data, 12)]
     data[5]["trace"] = tokenizer.decode([poison]) + " " + data[5]["trace"]
     for policy in ("stop", "skip"):
@@ -344,15 +375,20 @@ def test_nan_loss_stops_with_step_and_samples_or_is_skipped(tokenizer_dir, share
             assert len(result.skipped_steps) >= 1
             assert len(result.losses) == 4 - len(result.skipped_steps)
             assert all(np.isfinite(list(result.losses.values())))
-            assert all(torch.isfinite(p).all() for n, p in model.named_parameters()
-                       if "embed" not in n)  # fmt: skip
+            assert all(
+                torch.isfinite(p).all() for n, p in model.named_parameters() if "embed" not in n
+            )
 
 
 QWEN25_15B = {
-    "num_hidden_layers": 28, "hidden_size": 1536, "intermediate_size": 8960,
-    "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+    "num_hidden_layers": 28,
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
     "tie_word_embeddings": True,
-}  # fmt: skip
+}
 
 
 def test_max_memory_picks_checkpointing_then_accumulation_or_fails(tmp_path):
@@ -378,11 +414,30 @@ def test_max_memory_picks_checkpointing_then_accumulation_or_fails(tmp_path):
 
 def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "train", str(data / TRACES), "--prompts", str(data / ITEMS), "--model", str(model),
-        "-o", str(out), "--limit", "40", "--max-tokens-per-step", "1024",
-        "--max-seq-length", "512", "--learning-rate", "3e-3", "--logging-steps", "1",
-        "--device", "cpu", "--lr-scheduler-type", "constant", *extra,
-    ]  # fmt: skip
+        "train",
+        str(data / TRACES),
+        "--prompts",
+        str(data / ITEMS),
+        "--model",
+        str(model),
+        "-o",
+        str(out),
+        "--limit",
+        "40",
+        "--max-tokens-per-step",
+        "1024",
+        "--max-seq-length",
+        "512",
+        "--learning-rate",
+        "3e-3",
+        "--logging-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--lr-scheduler-type",
+        "constant",
+        *extra,
+    ]
 
 
 def metrics(run: Path) -> dict[int, float]:
@@ -441,18 +496,42 @@ def test_cli_errors_are_one_line(tiny_models, shared_data, tmp_path, cdfast):
 
 def test_two_gloo_processes_match_one(tiny_models, shared_data, tmp_path, cdfast):
     model = tiny_models["qwen3"]
-    common = ("--max-steps", "3", "--max-tokens-per-step", "2048", "--export", "none",
-              "--lora-r", "8")  # fmt: skip
-    one = cdfast(*train_args(model, shared_data, tmp_path / "one", *common,
-                             "--gradient-accumulation-steps", "2"))  # fmt: skip
+    common = (
+        "--max-steps",
+        "3",
+        "--max-tokens-per-step",
+        "2048",
+        "--export",
+        "none",
+        "--lora-r",
+        "8",
+    )
+    one = cdfast(
+        *train_args(
+            model, shared_data, tmp_path / "one", *common, "--gradient-accumulation-steps", "2"
+        )
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", "29533", "-m", "cd_fast.cli",
-         *train_args(model, shared_data, tmp_path / "two", *common)],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29533",
+            "-m",
+            "cd_fast.cli",
+            *train_args(model, shared_data, tmp_path / "two", *common),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "train_config.json").read_text())["world_size"] == 2
     expected, got = metrics(tmp_path / "one"), metrics(tmp_path / "two")
@@ -471,8 +550,14 @@ def test_liger_patches_stay_on_their_model():
     from cd_fast.train.model import apply_liger
 
     before = dict(vars(modeling_qwen2))
-    config = Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64, vocab_size=50)  # fmt: skip
+    config = Qwen2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        vocab_size=50,
+    )
     patched = AutoModelForCausalLM.from_config(config)
     assert apply_liger(patched, explicit=True)
     names = {m._get_name() for m in patched.modules()}
@@ -534,10 +619,15 @@ def gpu_model(out: Path | None = None):
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
     config = Qwen2Config(
-        hidden_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=512, vocab_size=1000, tie_word_embeddings=False,
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=512,
+        vocab_size=1000,
+        tie_word_embeddings=False,
         max_position_embeddings=4096,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     if out is None:
@@ -552,8 +642,9 @@ def gpu_model(out: Path | None = None):
 
 
 def gpu_run(tmp_path: Path, model, **options):
-    base = dict(learning_rate=1e-3, max_steps=10, max_tokens_per_step=4096, device="cuda",
-                bf16=True)  # fmt: skip
+    base = dict(
+        learning_rate=1e-3, max_steps=10, max_tokens_per_step=4096, device="cuda", bf16=True
+    )
     trainer = Trainer(model, chain_set(), config(tmp_path, **{**base, **options}), progress=False)
     result = trainer.train()
     losses = [result.losses[s] for s in sorted(result.losses)]
@@ -593,8 +684,14 @@ def test_lora_step_on_gpu_trains_only_adapters(tmp_path):
 def test_qlora_step_on_gpu(tmp_path):
     bnb = pytest.importorskip("bitsandbytes")
     path = gpu_model(tmp_path / "model")
-    trainer, losses = gpu_run(tmp_path, str(path), lora_r=8, learning_rate=5e-3,
-                              load_in_4bit=True, gradient_checkpointing=True)  # fmt: skip
+    trainer, losses = gpu_run(
+        tmp_path,
+        str(path),
+        lora_r=8,
+        learning_rate=5e-3,
+        load_in_4bit=True,
+        gradient_checkpointing=True,
+    )
     assert np.mean(losses[-3:]) < losses[0] - 1.0, losses
     lm = causal_lm(trainer.model)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in lm.modules())

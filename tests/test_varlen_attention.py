@@ -60,8 +60,9 @@ def test_backend_selection_on_cpu(monkeypatch):
     with pytest.raises(ValueError, match="expected one of"):
         select_backend(cpu)
     with pytest.raises(ValueError, match="softcap"):
-        varlen_attention(*(torch.zeros(2, 1, 4),) * 3, torch.tensor([0, 2]), 2, softcap=5.0,
-                         backend="sdpa")  # fmt: skip
+        varlen_attention(
+            *(torch.zeros(2, 1, 4),) * 3, torch.tensor([0, 2]), 2, softcap=5.0, backend="sdpa"
+        )
 
 
 CONFIGS = {
@@ -240,9 +241,16 @@ def test_packed_model_equals_per_sequence_on_gpu(backend, monkeypatch, assert_cl
     if backend not in gpu_backends():
         pytest.skip(f"{backend} is not available here ({gpu_backends()})")
     monkeypatch.setenv("CD_FAST_ATTN", backend)
-    config = Qwen2Config(vocab_size=997, hidden_size=256, intermediate_size=512,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=4096, tie_word_embeddings=False)  # fmt: skip
+    config = Qwen2Config(
+        vocab_size=997,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(3)
     reference = AutoModelForCausalLM.from_config(config, attn_implementation=register())
     model = AutoModelForCausalLM.from_config(config, attn_implementation=register())

@@ -70,6 +70,14 @@ def add_limit_argument(parser: argparse.ArgumentParser, verb: str) -> None:
     )
 
 
+def add_job_arguments(parser: argparse.ArgumentParser, output_help: str, verb: str) -> None:
+    """A resumable job over a trace file: input, -o OUTPUT, --resume, --limit."""
+    add_input_arguments(parser)
+    parser.add_argument("-o", "--output", type=Path, required=True, help=output_help)
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    add_limit_argument(parser, verb)
+
+
 def open_reader(args: argparse.Namespace) -> TraceReader:
     return TraceReader(
         args.input,

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from cd_fast.cli.common import (
     INPUT_HELP,
-    add_input_arguments,
-    add_limit_argument,
+    add_job_arguments,
     open_reader,
     progress_bar,
     report_skips,
@@ -55,10 +54,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_input_arguments(parser)
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output .jsonl")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    add_limit_argument(parser, "compress")
+    add_job_arguments(parser, "output .jsonl", "compress")
     add_config_arguments(parser, CompressConfig)
 
 
@@ -75,9 +71,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = compress_file(
-            reader, args.output, config, engine, resume=args.resume, limit=args.limit,
+            reader,
+            args.output,
+            config,
+            engine,
+            resume=args.resume,
+            limit=args.limit,
             on_progress=on_progress,
-        )  # fmt: skip
+        )
     finally:
         bar.close()
     report_skips(reader)
@@ -95,19 +96,30 @@ def print_summary(summary: dict, output: Path) -> None:
         method += f" (level {summary['level']})"
     rows = [
         ("method", method),
-        ("records", f"{summary['records']} in, {summary['records_out']} out "
-                    f"({summary['records_dropped']} dropped)"),
+        (
+            "records",
+            f"{summary['records']} in, {summary['records_out']} out "
+            f"({summary['records_dropped']} dropped)",
+        ),
         ("tokens", f"{summary['tokens_before']:,} -> {summary['tokens_after']:,}"),
-        ("ratio (tokens)", f"{summary['ratio_tokens']:.3f} overall; per trace mean "
-                           f"{summary['ratio_mean']:.3f}, p10 {summary['ratio_p10']:.3f}, "
-                           f"p50 {summary['ratio_p50']:.3f}, p90 {summary['ratio_p90']:.3f}"),
+        (
+            "ratio (tokens)",
+            f"{summary['ratio_tokens']:.3f} overall; per trace mean "
+            f"{summary['ratio_mean']:.3f}, p10 {summary['ratio_p10']:.3f}, "
+            f"p50 {summary['ratio_p50']:.3f}, p90 {summary['ratio_p90']:.3f}",
+        ),
         ("ratio (chars)", f"{summary['ratio_chars']:.3f}"),
-        ("answers kept", f"{kept}/{answers} ({summary['records_expanded']} expanded, "
-                         f"{summary['records_original']} kept original)" if answers else "-"),
+        (
+            "answers kept",
+            f"{kept}/{answers} ({summary['records_expanded']} expanded, "
+            f"{summary['records_original']} kept original)"
+            if answers
+            else "-",
+        ),
         ("throughput", f"{summary['traces_per_s']} traces/s, {summary['tokens_per_s']} tokens/s"),
         ("time (s)", ", ".join(f"{k} {v}" for k, v in summary["seconds"].items())),
         ("output", f"{output} (+ {output.name}.summary.json)"),
-    ]  # fmt: skip
+    ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

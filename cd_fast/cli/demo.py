@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not 0 < args.budget <= 1:
         raise ValueError(f"--budget must be in (0, 1], got {args.budget}")
-    run_demo(args.output, args.size, args.traces, args.budget, args.rewriter, args.device,
-             args.seed)  # fmt: skip
+    run_demo(
+        args.output, args.size, args.traces, args.budget, args.rewriter, args.device, args.seed
+    )
     return 0

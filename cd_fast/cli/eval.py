@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
             yield record
 
     try:
-        result = evaluate(records(), args.output, config, resume=args.resume,
-                          baseline=args.baseline)  # fmt: skip
+        result = evaluate(
+            records(), args.output, config, resume=args.resume, baseline=args.baseline
+        )
     finally:
         bar.close()
     report_skips(reader)

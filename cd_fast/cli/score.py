@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cd_fast.cli.common import (
     INPUT_HELP,
-    add_input_arguments,
-    add_limit_argument,
+    add_job_arguments,
     open_reader,
     progress_bar,
     report_skips,
@@ -40,10 +38,7 @@ print(fetch_smollm2())" (or ../shared/tools/get-smollm2.sh).
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_input_arguments(parser)
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    add_limit_argument(parser, "score")
+    add_job_arguments(parser, "output folder", "score")
     add_config_arguments(parser, ScoreConfig, title="scoring (ScoreConfig)", required=("model",))
 
 

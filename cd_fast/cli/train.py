@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         for key, value in rows:
             print(f"{key:<{width}}  {value}")
     if result.interrupted:
-        print(f"stopped by signal: resume with --resume (checkpoint at step {result.step})",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"stopped by signal: resume with --resume (checkpoint at step {result.step})",
+            file=sys.stderr,
+        )
         return 128 + signal.SIGTERM
     return 0

@@ -171,9 +171,11 @@ class Compressor:
             return np.minimum(n, c.target_tokens)
         if c.adaptive and len(items) > 1:
             difficulty = np.array(
-                [float(np.mean(i.scores.surprisal)) if len(i.scores.surprisal) else 0.0
-                 for i in items]
-            )  # fmt: skip
+                [
+                    float(np.mean(i.scores.surprisal)) if len(i.scores.surprisal) else 0.0
+                    for i in items
+                ]
+            )
             ratios = adaptive_targets(np.maximum(n, 1), difficulty, c.budget)
         else:
             ratios = np.full(len(items), c.budget)

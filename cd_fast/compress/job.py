@@ -23,8 +23,17 @@ from cd_fast.compress.engine import Compressor, RecordResult
 from cd_fast.data import AtomicWriter, Trace, TraceReader, dumps_record
 from cd_fast.runtime import batched, take
 
-STATE_FIELDS = ("id", "tokens_before", "tokens_after", "chars_before", "chars_after",
-                "answer_in_original", "answer_kept", "action", "kept_steps")  # fmt: skip
+STATE_FIELDS = (
+    "id",
+    "tokens_before",
+    "tokens_after",
+    "chars_before",
+    "chars_after",
+    "answer_in_original",
+    "answer_kept",
+    "action",
+    "kept_steps",
+)
 
 
 @dataclass
@@ -44,8 +53,10 @@ def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: Com
     chars_before = sum(r["chars_before"] for r in kept)
     chars_after = sum(r["chars_after"] for r in kept)
     with_answer = [r for r in rows if r["answer_in_original"]]
-    actions = {a: sum(r["action"] == a for r in rows) for a in
-               ("compressed", "expanded", "original", "dropped")}  # fmt: skip
+    actions = {
+        a: sum(r["action"] == a for r in rows)
+        for a in ("compressed", "expanded", "original", "dropped")
+    }
     total_seconds = sum(seconds.values())
     percentiles = np.percentile(ratios, [10, 50, 90]) if len(ratios) else [0.0] * 3
     return {
@@ -207,8 +218,9 @@ def build_engine(config: CompressConfig) -> Compressor:
             raise ValueError(
                 f"method {config.method} with criterion {config.criterion} needs --scores DIR "
                 "(from `cdfast score`) or --scorer MODEL"
-                if needs_scorer else "criterion answer-delta runs the scorer LM: pass --scorer"
-            )  # fmt: skip
+                if needs_scorer
+                else "criterion answer-delta runs the scorer LM: pass --scorer"
+            )
         model, tokenizer = load_causal_lm(config.scorer, device=config.device)
         scorer = Scorer(model, tokenizer, target_template=config.target_template)
     if config.tokenizer:

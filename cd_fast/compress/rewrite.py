@@ -78,12 +78,15 @@ class HTTPRewriter:
         self,
         base_url: str,
         model: str,
-        api_key: str | None = None,
-        concurrency: int = 8,
-        timeout: float = 300.0,
-        retries: int = 4,
+        *,
+        api_key: str | None,
+        concurrency: int,
+        timeout: float,
+        retries: int,
         backoff: float = 1.0,
     ):
+        """Settings as CompressConfig names them (its defaults are the recommended ones);
+        `backoff` seconds double with every retry."""
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -163,7 +166,11 @@ def make_rewriter(config: Any) -> Rewriter:
         )
     if config.backend == "http":
         return HTTPRewriter(
-            config.base_url, config.rewriter, config.api_key, config.concurrency,
-            config.timeout, config.retries,
-        )  # fmt: skip
+            config.base_url,
+            config.rewriter,
+            api_key=config.api_key,
+            concurrency=config.concurrency,
+            timeout=config.timeout,
+            retries=config.retries,
+        )
     return VLLMRewriter(config.rewriter)

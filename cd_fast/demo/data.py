@@ -52,8 +52,9 @@ def make_problem(rng: random.Random, index: int) -> Trace:
         clauses.append(clause)
         sentences.append(sentence)
         expressions.append(expression)
-    question = (f"{name} has {start} {item}. {' '.join(clauses)} "
-                f"How many {item} does {name} have now?")  # fmt: skip
+    question = (
+        f"{name} has {start} {item}. {' '.join(clauses)} How many {item} does {name} have now?"
+    )
     lines = [rng.choice(OPENINGS), f"{name} starts with {start} {item}."]
     for number, (sentence, expression) in enumerate(zip(sentences, expressions, strict=True)):
         lines.append(("First, " if number == 0 else "Next, ") + sentence)

@@ -51,28 +51,42 @@ def _student_init(tokenizer: Any, size: DemoSize, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=3 * size.hidden,
-        num_hidden_layers=size.layers, num_attention_heads=size.heads,
-        num_key_value_heads=max(1, size.heads // 2), max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        intermediate_size=3 * size.hidden,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=max(1, size.heads // 2),
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
 
-def _train(name: str, init: Path, traces: list[Trace], size: DemoSize, out: Path, device: str
-           ) -> dict[str, Any]:  # fmt: skip
+def _train(
+    name: str, init: Path, traces: list[Trace], size: DemoSize, out: Path, device: str
+) -> dict[str, Any]:
     from cd_fast.train import TrainConfig, Trainer
 
     config = TrainConfig(
-        output_dir=str(out / f"train-{name}"), learning_rate=size.learning_rate,
-        num_train_epochs=size.epochs, warmup_ratio=0.05, max_tokens_per_step=size.tokens_per_step,
-        max_seq_length=1024, logging_steps=10, save_steps=0, export="merged", device=device,
+        output_dir=str(out / f"train-{name}"),
+        learning_rate=size.learning_rate,
+        num_train_epochs=size.epochs,
+        warmup_ratio=0.05,
+        max_tokens_per_step=size.tokens_per_step,
+        max_seq_length=1024,
+        logging_steps=10,
+        save_steps=0,
+        export="merged",
+        device=device,
         seed=0,
-    )  # fmt: skip
+    )
     print(f"\n== training the student on {name} traces", flush=True)
     trainer = Trainer(str(init), traces, config)
     tic = time.perf_counter()
@@ -86,8 +100,9 @@ def _train(name: str, init: Path, traces: list[Trace], size: DemoSize, out: Path
     }
 
 
-def _compress(traces: list[Trace], model_dir: str, budget: float, rewriter: str | None,
-              out: Path, device: str) -> dict[str, tuple[list[Trace], dict]]:  # fmt: skip
+def _compress(
+    traces: list[Trace], model_dir: str, budget: float, rewriter: str | None, out: Path, device: str
+) -> dict[str, tuple[list[Trace], dict]]:
     from cd_fast.compress import compress
     from cd_fast.models import load_causal_lm
     from cd_fast.score import Scorer
@@ -111,8 +126,10 @@ def _compress(traces: list[Trace], model_dir: str, budget: float, rewriter: str 
         sets["rewrite-l2"] = (result.records, result.summary)
     for name, (records, summary) in sets.items():
         write_jsonl(out / "data" / f"{name}.jsonl", records)
-        print(f"{name}: ratio {summary['ratio_tokens']:.3f}, answers kept "
-              f"{summary['answers_kept']}/{summary['answers_in_original']}")  # fmt: skip
+        print(
+            f"{name}: ratio {summary['ratio_tokens']:.3f}, answers kept "
+            f"{summary['answers_kept']}/{summary['answers_in_original']}"
+        )
     return sets
 
 
@@ -154,16 +171,18 @@ def run_demo(
         train, evaluation = _split_user_traces(traces, size)
     write_jsonl(out / "data" / "original.jsonl", train)
     write_jsonl(out / "data" / "eval.jsonl", evaluation)
-    print(f"== data: {len(train)} training traces, {len(evaluation)} held-out questions",
-          flush=True)  # fmt: skip
+    print(
+        f"== data: {len(train)} training traces, {len(evaluation)} held-out questions", flush=True
+    )
     corpus = [
         f"{t.question}\n{render_target(DEFAULT_TARGET_TEMPLATE, t.trace, t.answer)}" for t in train
     ]
     tokenizer = train_tokenizer(corpus, out / "tokenizer")
     init = _student_init(tokenizer, size, out / "student-init")
 
-    rows: dict[str, dict[str, Any]] = {"original": _train("original", init, train, size, out,
-                                                          device)}  # fmt: skip
+    rows: dict[str, dict[str, Any]] = {
+        "original": _train("original", init, train, size, out, device)
+    }
     sets = _compress(train, rows["original"]["model"], budget, rewriter, out, device)
     for name, (records, summary) in sets.items():
         rows[name] = _train(name, init, records, size, out, device)

@@ -10,8 +10,14 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("run", "train tokens", "train time (s)", "accuracy", "output tokens",
-           "accuracy / 1k tokens")  # fmt: skip
+COLUMNS = (
+    "run",
+    "train tokens",
+    "train time (s)",
+    "accuracy",
+    "output tokens",
+    "accuracy / 1k tokens",
+)
 
 
 def _rows(run_dir: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -31,9 +37,11 @@ def _rows(run_dir: Path) -> tuple[str, list[dict[str, Any]]]:
             "accuracy / 1k tokens": _relative(run, base, "accuracy_per_1k_tokens"),
         }
         rows.append({**run, "run": name, "cells": cells})
-    label = (f"{Path(run_dir).name}: {results['size']} demo, budget {results['budget']}, "
-             f"{results['train_records']} training / {results['eval_records']} eval questions, "
-             f"{results['device']}")  # fmt: skip
+    label = (
+        f"{Path(run_dir).name}: {results['size']} demo, budget {results['budget']}, "
+        f"{results['train_records']} training / {results['eval_records']} eval questions, "
+        f"{results['device']}"
+    )
     return label, rows
 
 
@@ -57,8 +65,13 @@ def _plots(rows: list[dict[str, Any]], out_dir: Path, stem: str) -> list[str]:
     figure, axis = plt.subplots(figsize=(6, 4))
     for row in rows:
         axis.scatter(row["mean_output_tokens"], row["accuracy"], s=40)
-        axis.annotate(row["run"], (row["mean_output_tokens"], row["accuracy"]), fontsize=8,
-                      xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        axis.annotate(
+            row["run"],
+            (row["mean_output_tokens"], row["accuracy"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     axis.set_xlabel("mean output tokens")
     axis.set_ylabel("accuracy")
     axis.set_title("accuracy vs output length")
@@ -88,8 +101,10 @@ def write_report(run_dirs: list[Path], output: Path) -> str:
         table = f"{header}\n{body}"
         first_table = first_table or table
         plots = _plots(rows, output.parent, f"{output.stem}-{index}")
-        parts.append(f"## {label}\n\n{table}\n\nRatios in brackets are to the student trained "
-                     "on the original traces.\n")  # fmt: skip
+        parts.append(
+            f"## {label}\n\n{table}\n\nRatios in brackets are to the student trained "
+            "on the original traces.\n"
+        )
         parts += [f"![{p}]({p})\n" for p in plots]
     output.write_text("\n".join(parts), encoding="utf-8")
     return first_table

@@ -97,10 +97,13 @@ class VLLMGenerator:
         conversations = [[{"role": "user", "content": q}] for q in questions]
         results = self.llm.chat(conversations, self.params, use_tqdm=False)
         return [
-            (r.outputs[0].text.strip(), len(r.outputs[0].token_ids),
-             r.outputs[0].finish_reason == "length")
+            (
+                r.outputs[0].text.strip(),
+                len(r.outputs[0].token_ids),
+                r.outputs[0].finish_reason == "length",
+            )
             for r in results
-        ]  # fmt: skip
+        ]
 
 
 @dataclass
@@ -190,15 +193,25 @@ def evaluate(
             handle.flush()
             os.fsync(handle.fileno())
     result = metrics(done, base)
-    result.update({"model": config.model, "max_new_tokens": config.max_new_tokens,
-                   "seconds": round(time.perf_counter() - started, 2)})  # fmt: skip
+    result.update(
+        {
+            "model": config.model,
+            "max_new_tokens": config.max_new_tokens,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
     with AtomicWriter(run_dir / METRICS) as handle:
         json.dump(result, handle, indent=1)
     return result
 
 
-COMPARE_COLUMNS = ("accuracy", "mean_output_tokens", "median_output_tokens", "truncation_rate",
-                   "accuracy_per_1k_tokens")  # fmt: skip
+COMPARE_COLUMNS = (
+    "accuracy",
+    "mean_output_tokens",
+    "median_output_tokens",
+    "truncation_rate",
+    "accuracy_per_1k_tokens",
+)
 
 
 def compare_table(run_dirs: list[Path]) -> str:
@@ -214,8 +227,11 @@ def compare_table(run_dirs: list[Path]) -> str:
     base = runs[0]
     for run_dir, run in zip(run_dirs, runs, strict=True):
         vs = ratios(run, base)
-        cells = [Path(run_dir).name, *(str(run[c]) for c in COMPARE_COLUMNS),
-                 *(str(v if v is not None else "-") for v in vs.values())]  # fmt: skip
+        cells = [
+            Path(run_dir).name,
+            *(str(run[c]) for c in COMPARE_COLUMNS),
+            *(str(v if v is not None else "-") for v in vs.values()),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -143,8 +143,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.lr_scheduler_type in SCHEDULERS,
-             f"lr_scheduler_type must be one of {SCHEDULERS}"),
+            (
+                self.lr_scheduler_type in SCHEDULERS,
+                f"lr_scheduler_type must be one of {SCHEDULERS}",
+            ),
             (self.optim in OPTIMIZERS, f"optim must be one of {OPTIMIZERS}"),
             (self.nan_policy in NAN_POLICIES, f"nan_policy must be one of {NAN_POLICIES}"),
             (self.export in EXPORTS, f"export must be one of {EXPORTS}"),
@@ -157,10 +159,12 @@ class TrainConfig:
             (self.save_steps >= 0, "save_steps must be >= 0"),
             (self.lora_r >= 0, "lora_r must be >= 0"),
             (not self.load_in_4bit or self.lora_r > 0, "load_in_4bit (QLoRA) needs lora_r > 0"),
-            (self.save_total_limit is None or self.save_total_limit >= 1,
-             "save_total_limit must be >= 1 (or None to keep all)"),
+            (
+                self.save_total_limit is None or self.save_total_limit >= 1,
+                "save_total_limit must be >= 1 (or None to keep all)",
+            ),
             (self.max_memory is None or self.max_memory > 0, "max_memory must be > 0 GiB"),
-        ]  # fmt: skip
+        ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

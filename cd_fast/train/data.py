@@ -99,11 +99,14 @@ def tokenize_traces(
     if out.truncated:
         logger.warning(
             "%d samples are longer than max_seq_length=%d and were truncated (ids: %s)",
-            len(out.truncated), max_seq_length, ", ".join(out.truncated[:10]),
-        )  # fmt: skip
+            len(out.truncated),
+            max_seq_length,
+            ", ".join(out.truncated[:10]),
+        )
     if out.dropped:
         logger.warning(
             "%d samples dropped: the prompt alone fills max_seq_length (ids: %s)",
-            len(out.dropped), ", ".join(out.dropped[:10]),
-        )  # fmt: skip
+            len(out.dropped),
+            ", ".join(out.dropped[:10]),
+        )
     return out

@@ -206,8 +206,10 @@ class Trainer:
         if config.max_seq_length > config.max_tokens_per_step:
             logger.warning(
                 "max_seq_length=%d exceeds max_tokens_per_step=%d: longer samples are cut to "
-                "the step budget", config.max_seq_length, config.max_tokens_per_step,
-            )  # fmt: skip
+                "the step budget",
+                config.max_seq_length,
+                config.max_tokens_per_step,
+            )
         self.store = TokenStore(
             self.train_set.sequences, self.train_set.prompt_lengths, device=self.device
         )
@@ -291,11 +293,14 @@ class Trainer:
                 self._trained_tensors(),
                 self.optimizer.state_dict(),
                 self.scheduler.state_dict(),
-                {"planner": self.planner.state_dict(), "total_steps": self.total_steps,
-                 "world_size": self.world_size},
+                {
+                    "planner": self.planner.state_dict(),
+                    "total_steps": self.total_steps,
+                    "world_size": self.world_size,
+                },
                 rngs,
                 self.config.save_total_limit,
-            )  # fmt: skip
+            )
         if self.world_size > 1:
             dist.barrier()
         return path
@@ -388,13 +393,19 @@ class Trainer:
         if self.rank == 0:
             (self.output_dir / "train_config.json").write_text(
                 json.dumps(
-                    {**c.to_dict(), "model": self.model_spec, "world_size": self.world_size,
-                     "total_steps": self.total_steps, "samples": len(self.train_set),
-                     "truncated": len(self.train_set.truncated),
-                     "dropped": len(self.train_set.dropped)},
-                    indent=1, default=str,
+                    {
+                        **c.to_dict(),
+                        "model": self.model_spec,
+                        "world_size": self.world_size,
+                        "total_steps": self.total_steps,
+                        "samples": len(self.train_set),
+                        "truncated": len(self.train_set.truncated),
+                        "dropped": len(self.train_set.dropped),
+                    },
+                    indent=1,
+                    default=str,
                 )
-            )  # fmt: skip
+            )
         result = TrainResult(self.output_dir, self.step, self.total_steps)
         previous = None
         if _in_main_thread():
@@ -421,9 +432,14 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         bar = tqdm(
-            total=self.total_steps, initial=self.step, disable=not self.progress,
-            desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
-        )  # fmt: skip
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.progress,
+            desc="train",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         started = window_start = time.perf_counter()
         window_first = self.step + 1
         grad_norm = torch.zeros((), device=self.device)
@@ -445,8 +461,11 @@ class Trainer:
             self.step += 1
             if c.nan_policy == "skip" and not self._finite(loss_sum, grad_norm):
                 result.skipped_steps.append(self.step)
-                logger.warning("step %d: non-finite loss or gradient, skipped (samples: %s)",
-                               self.step, ", ".join(ids[:20]))  # fmt: skip
+                logger.warning(
+                    "step %d: non-finite loss or gradient, skipped (samples: %s)",
+                    self.step,
+                    ", ".join(ids[:20]),
+                )
             else:
                 self._apply_update()
                 window.append((self.step, loss_sum, labels, ids))
