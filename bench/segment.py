@@ -7,8 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cd_fast._ext import load_extension
-from cd_fast.segment import segment_steps, segment_steps_py
+from cd_fast.segment import available_cpus, segment_steps, segment_steps_py
 
 from .harness import append_csv, bar_plot, environment, markdown_table, time_cpu
 
@@ -62,7 +61,7 @@ def replicate(texts: list[str], target_mb: float) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    cpus = load_extension().available_cpus()
+    cpus = available_cpus()
     threads = args.threads or sorted({1, *[2**k for k in range(1, 8) if 2**k < cpus], cpus})
     base = real_texts(args.data_dir)
     corpus = replicate(base, args.target_mb)

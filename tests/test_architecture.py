@@ -186,15 +186,17 @@ def _package(module: str) -> str:
     """The package a cd_fast module belongs to: cd_fast.X for a subpackage X, else cd_fast."""
     parts = module.split(".")
     sub = parts[1] if len(parts) > 1 else ""
-    is_package = sub == "kernels" or (REPO / "cd_fast" / sub).is_dir()
+    is_package = sub in ("kernels", "bench") or (REPO / "cd_fast" / sub).is_dir()
     return f"cd_fast.{sub}" if sub and is_package else "cd_fast"
 
 
 def test_no_module_imports_another_packages_private_names():
     offenders = []
-    for path in [*REPO.glob("cd_fast/**/*.py"), *REPO.glob("kernels/*.py")]:
+    sources = [*REPO.glob("cd_fast/**/*.py"), *REPO.glob("kernels/*.py"), *REPO.glob("bench/*.py")]
+    for path in sources:
         parts = path.relative_to(REPO).with_suffix("").parts
-        own = _package(".".join(("cd_fast", *parts) if parts[0] == "kernels" else parts))
+        installed = ("cd_fast", *parts) if parts[0] in ("kernels", "bench") else parts
+        own = _package(".".join(installed))
         for module, name in _imports(path):
             private = any(
                 part.startswith("_") and not part.endswith("__")
