@@ -173,6 +173,11 @@ def compress_file(
     rows = _read_progress(partial, state) if resume else []
     done = {r["id"] for r in rows}
     if rows:  # the budget carry, so a resumed run equals a straight one
+        if "compressor" not in rows[-1]:
+            raise ValueError(
+                f"{state}: written by an older cd_fast without the compressor's state; "
+                "compress again into a new output"
+            )
         engine.load_state_dict(rows[-1]["compressor"])
     started = time.perf_counter()
 

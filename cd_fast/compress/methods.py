@@ -14,6 +14,7 @@ method accepts (the first is the default).
 
 from __future__ import annotations
 
+import abc
 import time
 import zlib
 from collections.abc import Callable
@@ -80,7 +81,7 @@ class Tools:
         return np.random.default_rng([self.config.seed, zlib.crc32(record_id.encode())])
 
 
-class Method:
+class Method(abc.ABC):
     criteria: ClassVar[tuple[str, ...]] = ()
     carries_debt: ClassVar[bool] = False
 
@@ -99,8 +100,9 @@ class Method:
     def floor(self, item: Item, view: Any) -> int:
         return 0
 
+    @abc.abstractmethod
     def select(self, item: Item, view: Any, target: int) -> Selection:
-        raise NotImplementedError
+        """What to keep of `item` within `target` counted tokens."""
 
 
 @dataclass
