@@ -1,5 +1,6 @@
 """Causal varlen attention forward+backward: each dispatcher backend vs padded SDPA and SDPA
-with a block-diagonal mask (what transformers does for packed rows without flash-attn)."""
+with a block-diagonal mask (what transformers does for packed rows without flash-attn); and the
+Gated-DeltaNet mixers of hybrid students (bench/linear_attention.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,8 @@ import torch.nn.functional as F
 
 from cd_fast.attention import available_backends, varlen_attention
 
-from .harness import (
-    environment,
-    lognormal_lengths,
-    peak_memory_gib,
-    peak_memory_reset,
-    time_device,
-    write_results,
-)
+from . import linear_attention
+from .harness import environment, lognormal_lengths, time_forward_backward, write_results
 
 SHAPES = {"qwen2.5-1.5b": (12, 2, 128), "qwen3-8b": (32, 8, 128)}
 
@@ -28,6 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--means", type=int, nargs="+", default=[1500, 8000])
+    parser.add_argument(
+        "--mixers",
+        nargs="+",
+        default=["softmax", "conv", "delta_rule"],
+        choices=["softmax", "conv", "delta_rule"],
+        help="softmax attention (--shapes), and the causal conv1d and gated delta rule of "
+        "Qwen3.5-0.8B's Gated-DeltaNet layers (results in linear_attention.csv)",
+    )
     parser.add_argument(
         "--tokens",
         type=int,
@@ -88,16 +91,12 @@ def _providers(q, k, v, lengths) -> dict:
     return providers
 
 
-def _fwd_bwd(forward) -> None:
-    forward().sum().backward()
-
-
 def run(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     env = environment()
     rows = []
-    for shape in args.shapes:
+    for shape in args.shapes if "softmax" in args.mixers else []:
         heads, kv_heads, dim = SHAPES[shape]
         for mean in args.means:
             budget = args.tokens or (16384 if mean < 5000 else 32768)
@@ -109,14 +108,10 @@ def run(args: argparse.Namespace) -> list[dict]:
             # causal fwd (2 matmuls, half the scores) + bwd (2.5x fwd): the anchors' formula
             flops = 2 * sum(n * n for n in lengths) * heads * dim * 3.5
             for name, forward in _providers(q, k, v, lengths).items():
-                peak_memory_reset(device)
-                try:
-                    ms = time_device(functools.partial(_fwd_bwd, forward), device, repeats=1)
-                except torch.OutOfMemoryError:  # the dense-mask baselines at long lengths
-                    print(f"{shape} mean {mean}: {name} out of memory")
-                    torch.cuda.empty_cache()
+                timed = time_forward_backward(forward, device, f"{shape} mean {mean}: {name}")
+                if timed is None:
                     continue
-                memory = peak_memory_gib(device)
+                ms, memory = timed
                 rows.append(
                     {
                         **env,
@@ -133,6 +128,21 @@ def run(args: argparse.Namespace) -> list[dict]:
                     }
                 )
                 print(f"{shape} mean {mean}: {name} {ms:.2f} ms, {flops / ms / 1e9:.1f} TFLOP/s")
+    linear = linear_attention.run(args, env)
+    if linear:
+        write_results(
+            args.results_dir,
+            "linear_attention",
+            linear,
+            ["mixer", "mean_len", "tokens", "provider", "ms", "gb_per_s", "peak_gib"],
+            "Gated-DeltaNet mixers over packed rows, forward + backward",
+            f"{env['date']}, commit {env['commit']}, device {device} (GPU: {env['gpu']}), torch "
+            f"{env['torch']}. Shape {linear_attention.SHAPE_NAME}. conv GB/s counts x, y, dy and "
+            "dx once each (the least any kernel moves).",
+            "python -m bench attention --mixers conv delta_rule",
+        )
+    if not rows:
+        return linear
     write_results(
         args.results_dir,
         "attention",
@@ -143,4 +153,4 @@ def run(args: argparse.Namespace) -> list[dict]:
         f"{env['torch']}. TFLOP/s = 2 * sum(len^2) * heads * dim * 3.5 / time.",
         "python -m bench attention",
     )
-    return rows
+    return rows + linear

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU: build the extension, run the GPU tests, then the benchmarks.
 #
-#   bash bench/gpu.sh [all|tests|kernels|train|train-qlora|epoch]   on a machine with a GPU
+#   bash bench/gpu.sh [all|tests|kernels|train|train-qlora|train-hybrid|epoch]   on a GPU machine
 #
-# With network and `pip install -e ".[dev,flash]" trl datasets` done, that is all. Results and
+# With network and `pip install -e ".[dev,flash,fla]" trl datasets` done, that is all. Results and
 # logs go to bench/results (tarred into $OUT/results.tgz when $OUT is set: the device tool's
 # output folder, which brings back at most 8 files).
 #
@@ -40,6 +40,10 @@ with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
             data = b"\n".join(x for x in data.split(b"\n") if not drop.search(x.decode()))
         wheel.writestr(info, data)
 PY
+  # flash-linear-attention (pure Python + Triton) for the hybrid Qwen3.5 rows
+  for p in fla-core==0.6.0 flash-linear-attention==0.6.0 einops==0.8.2; do
+    python3 -m pip download -q --no-deps --only-binary=:all: -d .whl "$p"
+  done
   rm -rf .device && mkdir -p .device/epoch
   cp -r ../shared/data .device/data && cp -r ../shared/tools .device/tools
   commit=$(git rev-parse --short HEAD)
@@ -110,7 +114,7 @@ setup() {
   python3 - <<'PY'
 import importlib
 for name in ("torch", "triton", "transformers", "peft", "liger_kernel", "bitsandbytes", "trl",
-             "flash_attn.cute", "cutlass"):
+             "flash_attn.cute", "cutlass", "fla"):
     try:
         module = importlib.import_module(name)
         print(f"  {name} {getattr(module, '__version__', '')}")
@@ -146,14 +150,18 @@ for stage in "$@"; do
       setup
       python3 -m bench --results-dir "$results" train --tools-dir "$tools" --profile \
         --runs 8b-qlora-1500 ;;
+    train-hybrid)
+      setup
+      python3 -m bench --results-dir "$results" train --profile \
+        --runs qwen3.5-0.8b-full-1500 --variants bf16 ;;
     epoch)
       setup
       python3 -m bench --results-dir "$results" train --runs --no-trl \
         --epoch "$device/epoch/original.jsonl" "$device/epoch/compressed.jsonl" \
         --epoch-model "$device/tokenizer" ;;
     all)
-      "$0" tests kernels train train-qlora epoch ;;
-    *) echo "unknown stage $stage (expected stash, tests, kernels, train, train-qlora, epoch, all)" >&2
+      "$0" tests kernels train train-qlora train-hybrid epoch ;;
+    *) echo "unknown stage $stage (expected stash, tests, kernels, train, train-qlora, train-hybrid, epoch, all)" >&2
        exit 2 ;;
   esac
 done

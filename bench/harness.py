@@ -87,6 +87,23 @@ def time_device(fn: Callable[[], Any], device: Any, repeats: int = 3) -> float:
     return 1e3 * time_cpu(fn, repeats=repeats)
 
 
+def time_forward_backward(
+    forward: Callable[[], Any], device: Any, label: str
+) -> tuple[float, float | None] | None:
+    """(median ms, peak GiB) of `forward().sum().backward()`; None, said, when it runs out of
+    memory (the dense-mask and padded baselines at long lengths)."""
+    import torch
+
+    peak_memory_reset(device)
+    try:
+        ms = time_device(lambda: forward().sum().backward(), device, repeats=1)
+    except torch.OutOfMemoryError:
+        print(f"{label}: out of memory")
+        torch.cuda.empty_cache()
+        return None
+    return ms, peak_memory_gib(device)
+
+
 def peak_memory_reset(device: Any) -> None:
     import torch
 

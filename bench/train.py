@@ -67,6 +67,25 @@ SHAPES = {
             tie_word_embeddings=False,
         ),
     ),
+    # Qwen3.5-0.8B's text model: 6 x (3 Gated-DeltaNet + 1 gated attention) layers
+    "qwen3.5-0.8b": (
+        "Qwen3_5TextConfig",
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=256,
+            intermediate_size=3584,
+            linear_num_key_heads=16,
+            linear_num_value_heads=16,
+            linear_key_head_dim=128,
+            linear_value_head_dim=128,
+            layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 6,
+            vocab_size=248320,
+            tie_word_embeddings=True,
+        ),
+    ),
     "tiny": (
         "Qwen2Config",
         dict(
@@ -80,7 +99,8 @@ SHAPES = {
     ),
 }
 # run name -> (shape, mode, mean length, TRL anchor script, its SIZE, its WHICH (all settings,
-# best first: the fastest in ../shared/tools/README.md), its BS)
+# best first: the fastest in ../shared/tools/README.md), its BS); no script: no TRL anchor
+# (TRL cannot pack a hybrid model without flash-linear-attention and a compiled causal-conv1d).
 RUNS = {
     "0.5b-full-1500": (
         "qwen2.5-0.5b",
@@ -103,6 +123,7 @@ RUNS = {
     "0.5b-full-300": ("qwen2.5-0.5b", "full", 300, "trl_anchor.py", "0.5b", "pad_liger", 16),
     "8b-qlora-1500": ("qwen3-8b", "qlora", 1500, "trl_qlora_anchor.py", "8b", "pad,pad_liger", 4),
     "tiny-full-300": ("tiny", "full", 300, "trl_anchor.py", "tiny", "pad", 4),
+    "qwen3.5-0.8b-full-1500": ("qwen3.5-0.8b", "full", 1500, None, "", "", 0),
 }
 
 
@@ -299,6 +320,9 @@ def _json_line(line: str) -> dict | None:
 
 def _trl_runs(name: str, args: argparse.Namespace) -> list[dict]:
     _, _, mean, script, size, which, batch = RUNS[name]
+    if script is None:
+        print(f"{name}: no TRL anchor for this shape")
+        return []
     if args.trl_settings == "best":
         which = which.split(",")[0]
     missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from cd_fast.attention import register
+from cd_fast.attention import ATTN_IMPLEMENTATION, register
 from cd_fast.formats import chat_prompt
+from cd_fast.linear_attention import enable_packing
 from cd_fast.runtime import choose_device
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -99,7 +100,9 @@ def load_causal_lm(
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for a local folder, a hub id (when online) or a .gguf file.
 
-    Defaults: bf16 on a GPU, fp32 on the CPU, cd_fast's varlen attention (packed batches).
+    Defaults: bf16 on a GPU, fp32 on the CPU, cd_fast's varlen attention (packed batches; a
+    hybrid linear-attention model is then made exact on packed rows, or refused:
+    `cd_fast.linear_attention.enable_packing`).
     `load_options` go to from_pretrained (e.g. a quantization_config with its device_map: the
     model then stays where it was loaded).
     """
@@ -114,13 +117,16 @@ def load_causal_lm(
             "first (AutoModelForCausalLM.from_pretrained(dir, gguf_file=...).save_pretrained(out))"
         )
     tokenizer = load_tokenizer(spec)
+    attn_implementation = attn_implementation or register()
     model = AutoModelForCausalLM.from_pretrained(
         source,
         dtype=dtype,
-        attn_implementation=attn_implementation or register(),
+        attn_implementation=attn_implementation,
         **options,
         **load_options,
     )
+    if attn_implementation == ATTN_IMPLEMENTATION:
+        enable_packing(model)
     if "gguf_file" in options:
         forget_gguf_quantizer(model)
     if "device_map" not in load_options:

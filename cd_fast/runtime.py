@@ -42,6 +42,12 @@ def choose_device(requested: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def triton_can_run(device: torch.device) -> bool:
+    """Whether a Triton kernel can launch for tensors on `device`: a CUDA device, or any device
+    under the interpreter (TRITON_INTERPRET=1, how the CPU tests run the kernels)."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 _warned: set[tuple[str, str]] = set()
 
 

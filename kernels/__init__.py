@@ -11,6 +11,7 @@ if __name__ != "cd_fast.kernels":
     __file__ = None
     __path__ = []
 else:
+    from cd_fast.kernels.causal_conv1d import causal_conv1d_varlen
     from cd_fast.kernels.pack import (
         IGNORE_INDEX,
         PackedBatch,
@@ -25,6 +26,7 @@ else:
         "PackedBatch",
         "TokenScores",
         "TokenStore",
+        "causal_conv1d_varlen",
         "label_token_count",
         "pack_sequences",
         "token_scores",

@@ -16,7 +16,6 @@ and max_seqlen are known on the host (the planner chose them), so nothing here s
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cd_fast.runtime import warn_once
+from cd_fast.runtime import triton_can_run, warn_once
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +109,6 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _triton_can_run(device: torch.device) -> bool:
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def label_token_count(lengths: Sequence[int], prompt_lengths: Sequence[int]) -> int:
     """Tokens that carry a label in packed sequences: all but the prompt's, and never a
     sequence's first token (nothing before it predicts it). A prompt length <= 0 (a slice that
@@ -145,7 +140,7 @@ def pack_fwd(
     num_label_tokens = label_token_count(lengths_np, prompts_np)
     device = store.device
 
-    if not _triton_can_run(device):
+    if not triton_can_run(device):
         warn_once(
             logger,
             "pack_sequences: Triton needs a CUDA device (or TRITON_INTERPRET=1); "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cd_fast.kernels.pack import IGNORE_INDEX, PackedBatch
 from cd_fast.kernels.token_scores import TokenScores
@@ -65,3 +67,24 @@ def token_scores_ref(
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     zero = torch.zeros((), dtype=dtype, device=hidden.device)
     return TokenScores(torch.where(keep, surprisal, zero), torch.where(keep, entropy, zero))
+
+
+def causal_conv1d_varlen_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cu_seqlens: torch.Tensor,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """Reference of `causal_conv1d_varlen`: each sequence alone through F.conv1d with W - 1 zeros
+    of left padding (transformers' torch path, one sequence at a time). x [T, D], weight [D, W]."""
+    width = weight.shape[1]
+    pieces = []
+    for start, end in itertools.pairwise(cu_seqlens.tolist()):
+        sequence = x[start:end].t()[None].to(weight.dtype)  # [1, D, L]
+        out = F.conv1d(sequence, weight[:, None, :], bias, padding=width - 1, groups=x.shape[1])
+        pieces.append(out[0, :, : end - start].t())
+    y = torch.cat(pieces) if pieces else x.new_zeros((0, x.shape[1]), dtype=weight.dtype)
+    if activation is not None:
+        y = F.silu(y)
+    return y.to(x.dtype)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cd_fast.runtime import warn_once
+from cd_fast.runtime import triton_can_run, warn_once
 
 logger = logging.getLogger(__name__)
 
@@ -266,10 +265,6 @@ def _empty(size: int, device: torch.device) -> torch.Tensor:
     return torch.empty(size, dtype=torch.float32, device=device)
 
 
-def _triton_can_run(device: torch.device) -> bool:
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def token_scores_fused_fwd(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -346,7 +341,7 @@ def token_scores_split_fwd(
         chunk_size = max(1, min(tokens, max_chunk_bytes // (4 * vocab)))
     surprisal = _empty(tokens, hidden.device)
     entropy = _empty(tokens, hidden.device)
-    use_triton = _triton_can_run(hidden.device)
+    use_triton = triton_can_run(hidden.device)
     if not use_triton:
         warn_once(
             logger,
@@ -381,7 +376,7 @@ def token_scores_split_fwd(
 def _check_method(method: str, hidden: torch.Tensor) -> None:
     if method not in METHODS:
         raise ValueError(f"token_scores: method must be one of {METHODS}, got {method!r}")
-    if method == "fused" and not _triton_can_run(hidden.device):
+    if method == "fused" and not triton_can_run(hidden.device):
         raise ValueError(
             f"token_scores: method='fused' needs a CUDA device or TRITON_INTERPRET=1, got "
             f"{hidden.device}"

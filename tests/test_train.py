@@ -1,5 +1,5 @@
-"""The trainer on CPU: tiny random Qwen2/Qwen3/Llama models with SmolLM2's real tokenizer,
-trained on the real Qwen3-8B traces in ../shared."""
+"""The trainer on CPU: tiny random Qwen2/Qwen3/Llama models and a hybrid Gated-DeltaNet Qwen3.5
+with SmolLM2's real tokenizer, trained on the real Qwen3-8B traces in ../shared."""
 
 from __future__ import annotations
 
@@ -29,12 +29,26 @@ from cd_fast.train.trainer import NonFiniteLossError, Trainer
 REPO = Path(__file__).resolve().parents[1]
 TRACES = "qwen3-8b-thinking/qwen3-8b__think-on.jsonl"
 ITEMS = "qwen3-8b-thinking/items.json"
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # LoRA freezes the random head: a wider init gives its logits a range the adapters can use.
 TINY = {
     "qwen2": ("Qwen2Config", {}),
     "qwen3": ("Qwen3Config", {"head_dim": 16, "initializer_range": 0.3}),
     "llama": ("LlamaConfig", {"initializer_range": 0.3}),
+    # Qwen3.5's hybrid: a Gated-DeltaNet layer (causal conv1d + gated delta rule) and attention
+    "qwen3_5": (
+        "Qwen3_5TextConfig",
+        {
+            "head_dim": 16,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,  # grouped values, as in the real models
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "layer_types": ["linear_attention", "full_attention"],
+            "initializer_range": 0.3,
+        },
+    ),
 }
 
 
@@ -177,10 +191,22 @@ def test_packed_loss_and_grads_equal_per_sequence(kind, checkpointing, tiny_mode
         ("qwen2", {}),
         ("qwen3", {"lora_r": 16, "lora_dropout": 0.1, "learning_rate": 5e-2}),
         ("llama", {"lora_r": 16, "load_in_4bit": True, "learning_rate": 5e-2}),
+        ("qwen3_5", {}),
+        ("qwen3_5", {"lora_r": 16, "learning_rate": 5e-2}),
+        ("qwen3_5", {"lora_r": 16, "load_in_4bit": True, "learning_rate": 5e-2}),
     ],
-    ids=["full-qwen2", "lora-qwen3", "qlora-llama"],
+    ids=[
+        "full-qwen2",
+        "lora-qwen3",
+        "qlora-llama",
+        "full-qwen3_5",
+        "lora-qwen3_5",
+        "qlora-qwen3_5",
+    ],
 )
-def test_loss_falls_on_real_traces(kind, options, tiny_models, shared_data, tmp_path):
+def test_loss_falls_on_real_traces(kind, options, tiny_models, shared_data, tmp_path, monkeypatch):
+    if kind == "qwen3_5":  # the conv kernel is checked above; interpreting it here costs 20 s
+        monkeypatch.setenv("CD_FAST_CONV", "torch")
     cfg = config(tmp_path, max_steps=8, **options)
     result = Trainer(tiny_models[kind], traces(shared_data), cfg, progress=False).train()
     losses = [result.losses[s] for s in sorted(result.losses)]
@@ -540,6 +566,156 @@ def test_two_gloo_processes_match_one(tiny_models, shared_data, tmp_path, cdfast
         assert got[step] == pytest.approx(expected[step], rel=1e-5)
 
 
+# ---- hybrid linear-attention models ----
+
+HYBRID_SHAPE = dict(
+    vocab_size=300,
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+    num_hidden_layers=3,
+    layer_types=["linear_attention", "full_attention", "linear_attention"],
+)
+MOE_SHAPE = dict(
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=16,
+    shared_expert_intermediate_size=16,
+)
+HYBRIDS = {
+    "qwen3_5": ("Qwen3_5TextConfig", {}),
+    "qwen3_5_moe": ("Qwen3_5MoeTextConfig", MOE_SHAPE),
+    "qwen3_next": ("Qwen3NextConfig", {**MOE_SHAPE, "linear_num_value_heads": 2}),
+}
+
+
+def tiny_hybrid(kind: str):
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from cd_fast.attention import register
+    from cd_fast.linear_attention import enable_packing
+
+    config_name, extra = HYBRIDS[kind]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(
+        getattr(transformers, config_name)(**{**HYBRID_SHAPE, **extra})
+    ).eval()
+    model.config._attn_implementation = register()
+    assert enable_packing(model) is not None
+    return model
+
+
+@pytest.mark.parametrize("kind", sorted(HYBRIDS))
+def test_packed_hybrid_logits_equal_each_sequence_alone(kind, assert_close):
+    model = tiny_hybrid(kind)
+    rng = np.random.default_rng(3)
+    sequences = [rng.integers(0, 300, n) for n in (37, 1, 3, 70)]
+    batch = pack_sequences(sequences, device="cpu")
+    with torch.no_grad():
+        packed = model(**batch.model_kwargs()).logits[0]
+        alone = torch.cat([model(input_ids=torch.as_tensor(s)[None]).logits[0] for s in sequences])
+        assert_close("logits", alone, packed, 1e-5)
+        # changing one sequence changes no other sequence's logits
+        changed = [s.copy() for s in sequences]
+        changed[2][:] = (changed[2] + 1) % 300
+        again = model(**pack_sequences(changed, device="cpu").model_kwargs()).logits[0]
+    start, end = 38, 41  # sequence 2's rows
+    assert torch.equal(again[:start], packed[:start]) and torch.equal(again[end:], packed[end:])
+    assert not torch.allclose(again[start:end], packed[start:end])
+
+
+def test_unsupported_token_mixers_are_refused_before_training(tokenizer_dir, tmp_path, cdfast):
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cd_fast.linear_attention import UnpackableModelError
+
+    shape = dict(hidden_size=32, num_hidden_layers=2, vocab_size=100, intermediate_size=64)
+    models = {
+        "mamba": transformers.MambaConfig(**shape, state_size=4),
+        "lfm2": transformers.Lfm2Config(
+            **shape,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            layer_types=["conv", "full_attention"],
+        ),
+    }
+    for name, model_config in models.items():
+        model = AutoModelForCausalLM.from_config(model_config)
+        with pytest.raises(UnpackableModelError, match=r"outside attention.*Qwen3\.5"):
+            prepare_model(model, config(tmp_path / name), torch.device("cpu"))
+    model.save_pretrained(tmp_path / "lfm2")
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp_path / "lfm2")
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"id": "a", "question": "q", "trace": "t", "answer": "1"}) + "\n")
+    done = cdfast("train", data, "--model", tmp_path / "lfm2", "-o", tmp_path / "run")
+    assert done.returncode == 2, done.stderr
+    assert "outside attention" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "final").exists()
+
+
+@pytest.mark.slow
+def test_cdfast_score_on_packed_qwen3_5_equals_one_trace_at_a_time(
+    tiny_models, shared_data, tmp_path, cdfast
+):
+    from cd_fast.models import load_causal_lm
+    from cd_fast.score import Scorer, ScoreStore
+
+    data = shared_data / "gsm8k" / "test.jsonl"
+    out = tmp_path / "scores"
+    done = cdfast("score", data, "--model", tiny_models["qwen3_5"], "-o", out, "--limit", "4")
+    assert done.returncode == 0, done.stderr
+    model, tokenizer = load_causal_lm(tiny_models["qwen3_5"], device="cpu")
+    scorer = Scorer(model, tokenizer)
+    traces = [t for _, t in zip(range(4), TraceReader(data), strict=False)]
+    stored = ScoreStore(out).by_id()
+    assert sorted(stored) == sorted(t.id for t in traces)
+    for trace in traces:
+        (alone,) = scorer.score([trace])
+        assert np.allclose(stored[trace.id].surprisal, alone.surprisal, atol=1e-4)
+        assert np.allclose(stored[trace.id].entropy, alone.entropy, atol=1e-4)
+
+
+def test_model_shape_counts_a_hybrids_weights():
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    config_name, extra = HYBRIDS["qwen3_5"]
+    model_config = getattr(transformers, config_name)(**{**HYBRID_SHAPE, **extra})
+    model = AutoModelForCausalLM.from_config(model_config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    shape = ModelShape.from_config(model_config)
+    assert (shape.attention_layers, shape.linear_layers) == (1, 2)
+    assert shape.matmul_params == linear
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_packed_qwen3_5_on_gpu_equals_each_sequence_alone(assert_close):
+    """bf16 on CUDA: the Triton conv and (when installed) fla's varlen delta rule."""
+    from cd_fast.linear_attention import select_conv_backend, select_delta_rule_backend
+
+    model = tiny_hybrid("qwen3_5").to("cuda", torch.bfloat16)
+    assert select_conv_backend(torch.device("cuda")) == "triton"
+    print("delta rule backend:", select_delta_rule_backend(torch.device("cuda"), torch.bfloat16))
+    rng = np.random.default_rng(5)
+    sequences = [rng.integers(0, 300, n) for n in (700, 1, 65, 1500)]
+    batch = pack_sequences(sequences, device="cuda")
+    with torch.no_grad():
+        packed = model(**batch.model_kwargs()).logits[0].float()
+        alone = torch.cat(
+            [model(input_ids=torch.as_tensor(s, device="cuda")[None]).logits[0] for s in sequences]
+        ).float()
+    assert_close("logits", alone, packed, 2e-2)
+
+
 def test_liger_patches_stay_on_their_model():
     """Liger's patch functions swap transformers' module-level classes for the whole process;
     apply_liger undoes that, so a model built afterwards (a CPU scorer, say) stays stock."""
@@ -572,7 +748,7 @@ def test_liger_patches_stay_on_their_model():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_gpu
 def test_liger_loss_matches_chunked_loss_on_gpu():
     pytest.importorskip("liger_kernel")
     torch.manual_seed(0)
@@ -590,9 +766,6 @@ def test_liger_loss_matches_chunked_loss_on_gpu():
     assert abs(liger_loss.item() - torch_loss.item()) / torch_loss.item() < 1e-2
     assert (liger_h - torch_h).norm() / torch_h.norm() < 2e-2
     assert (liger_w - torch_w).norm() / torch_w.norm() < 2e-2
-
-
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def chain_set(count: int = 64, vocab: int = 1000, seed: int = 0):

@@ -29,6 +29,7 @@ from cd_fast.formats import (
 )
 from cd_fast.kernels.pack import TokenStore
 from cd_fast.kernels.token_scores import token_scores
+from cd_fast.linear_attention import enable_packing
 from cd_fast.runtime import token_batches
 from cd_fast.score.answer_delta import answer_losses
 from cd_fast.score.protect import protected_tokens
@@ -124,6 +125,7 @@ class Scorer:
         head = model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
             raise ValueError("scorer models with an LM-head bias are not supported")
+        enable_packing(model)  # windows are scored packed
         self.model, self.tokenizer, self.head = model, tokenizer, head
         self.config = config
         context = getattr(model_config, "max_position_embeddings", None) or 8192

@@ -40,12 +40,23 @@ class ModelShape:
     head_dim: int
     vocab: int
     tied: bool
+    linear_layers: int = 0  # Gated-DeltaNet layers of a hybrid (Qwen3.5): no attention
+    linear_mixer_params: int = 0  # the projections of one such layer
+    gated_attention: bool = False  # q_proj also emits an output gate (Qwen3.5, Qwen3-Next)
 
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
         text = getattr(config, "text_config", None) or config
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        linear_layers = list(getattr(text, "layer_types", None) or []).count("linear_attention")
+        mixer = 0
+        if linear_layers:
+            keys = text.linear_num_key_heads * text.linear_key_head_dim
+            values = text.linear_num_value_heads * text.linear_value_head_dim
+            # q, k, v and the output gate z in; a, b per value head; out
+            mixer = text.hidden_size * (2 * keys + 2 * values + 2 * text.linear_num_value_heads)
+            mixer += values * text.hidden_size
         return cls(
             layers=text.num_hidden_layers,
             hidden=text.hidden_size,
@@ -55,18 +66,29 @@ class ModelShape:
             head_dim=head_dim,
             vocab=text.vocab_size,
             tied=bool(getattr(config, "tie_word_embeddings", False)),
+            linear_layers=linear_layers,
+            linear_mixer_params=mixer,
+            gated_attention=linear_layers > 0,  # every supported hybrid gates its attention
         )
 
     @property
-    def block_params(self) -> int:
+    def attention_layers(self) -> int:
+        return self.layers - self.linear_layers
+
+    @property
+    def blocks_params(self) -> int:
+        """Weights of all decoder blocks: attention or Gated-DeltaNet mixer, plus the MLP."""
         q = self.heads * self.head_dim
         kv = self.kv_heads * self.head_dim
-        return self.hidden * (2 * q + 2 * kv) + 3 * self.hidden * self.intermediate
+        attention = self.hidden * ((3 if self.gated_attention else 2) * q + 2 * kv)
+        mlp = 3 * self.hidden * self.intermediate
+        linear = self.linear_layers * self.linear_mixer_params
+        return self.attention_layers * attention + linear + self.layers * mlp
 
     @property
     def matmul_params(self) -> int:
         """N in the MFU formula: every weight a token is multiplied by (LM head included)."""
-        return self.layers * self.block_params + self.vocab * self.hidden
+        return self.blocks_params + self.vocab * self.hidden
 
     @property
     def embedding_params(self) -> int:
@@ -131,7 +153,7 @@ def estimate_memory(
     a = w
     tokens = micro_batch_tokens(config, accumulation, world_size)
     embeddings = shape.embedding_params
-    blocks = shape.layers * shape.block_params
+    blocks = shape.blocks_params
     if config.load_in_4bit:
         weights = blocks * (0.5 + 0.5 / 64 + 4 / 256 / 64) + embeddings * w
     else:

@@ -6,8 +6,10 @@ sequences of lengths l_i (PaLM / nanoGPT accounting, forward + backward, no reco
     FLOPs = 6 * N * sum(l_i) + 12 * L * H * Q * sum(l_i ** 2)
 
 i.e. 6N + 12·L·H·Q·Σl²/Σl per token, where N = weights every token is multiplied by (blocks +
-LM head, no embedding lookup), L layers, H query heads, Q head dim. The attention term counts
-the full l x l score matrix, as the papers do (causal kernels do about half of it).
+LM head, no embedding lookup), L attention layers, H query heads, Q head dim. The attention term
+counts the full l x l score matrix, as the papers do (causal kernels do about half of it). The
+Gated-DeltaNet layers of a hybrid (Qwen3.5) count by their projections in N; their linear-time
+chunked recurrence is left out (a lower bound on the work done).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e1
 
 
 def batch_flops(shape: ModelShape, lengths: list[int]) -> float:
-    attention = 12 * shape.layers * shape.heads * shape.head_dim
+    attention = 12 * shape.attention_layers * shape.heads * shape.head_dim
     squares = float(sum(n * n for n in lengths))
     return 6.0 * shape.matmul_params * sum(lengths) + attention * squares
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from cd_fast.attention import register
 from cd_fast.kernels import PackedBatch
+from cd_fast.linear_attention import enable_packing
 from cd_fast.models import load_causal_lm
 from cd_fast.train.config import TrainConfig
 from cd_fast.train.loss import linear_cross_entropy_sum
@@ -116,6 +117,7 @@ def prepare_model(
         if config.load_in_4bit:
             raise ValueError("QLoRA quantises while loading: pass a model path, not a model")
         model.config._attn_implementation = register()
+        enable_packing(model)
         model = model.to(device=device, dtype=dtype)
     model.config.use_cache = False
     use_liger = config.liger if config.liger is not None else device.type == "cuda"
