@@ -659,6 +659,9 @@ def test_unsupported_token_mixers_are_refused_before_training(tokenizer_dir, tmp
     assert done.returncode == 2, done.stderr
     assert "outside attention" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run" / "final").exists()
+    scored = cdfast("score", data, "--model", tmp_path / "lfm2", "-o", tmp_path / "scores")
+    assert scored.returncode == 2 and "outside attention" in scored.stderr
+    assert not (tmp_path / "scores" / "manifest.json").exists()  # a rerun needs no --resume
 
 
 @pytest.mark.slow

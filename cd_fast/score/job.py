@@ -56,11 +56,12 @@ def score_file(
                 f"{output} was started with other settings ({', '.join(changed)}); "
                 "use a new output folder"
             )
-    elif rank == 0:
-        write_manifest(output, manifest)
-
+    # the model loads (or is refused) before a new run's manifest exists: a failed start leaves
+    # the folder as it was
     model, tokenizer = loaded or load_causal_lm(config.model, device=config.device)
     scorer = Scorer(model, tokenizer, config)
+    if existing is None and rank == 0:
+        write_manifest(output, manifest)
     shards = records = 0
     for shard, batch in enumerate(batched(take(reader, limit), config.shard_size)):
         if shard % world == rank and not shard_path(output, shard).exists():
