@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU: build the extension, run the GPU tests, then the benchmarks.
 #
-#   bash bench/gpu.sh [all|tests|kernels|train|train-qlora|train-hybrid|epoch]   on a GPU machine
+#   bash bench/gpu.sh [all|tests|kernels|train|train-qlora|train-hybrid|train-fsdp|epoch]
 #
 # With network and `pip install -e ".[dev,flash,fla]" trl datasets` done, that is all. Results and
 # logs go to bench/results (tarred into $OUT/results.tgz when $OUT is set: the device tool's
@@ -154,14 +154,24 @@ for stage in "$@"; do
       setup
       python3 -m bench --results-dir "$results" train --profile \
         --runs qwen3.5-0.8b-full-1500 --variants bf16 ;;
+    train-fsdp)
+      setup
+      gpus=$(nvidia-smi -L | wc -l)
+      if [ "$gpus" -lt 2 ]; then
+        echo "train-fsdp: needs a machine with several GPUs, this one has $gpus: skipped"
+      else
+        python3 -m torch.distributed.run --standalone --nproc-per-node "$gpus" -m bench \
+          --results-dir "$results" train --no-trl --distributed fsdp \
+          --runs 1.5b-full-1500 --variants master
+      fi ;;
     epoch)
       setup
       python3 -m bench --results-dir "$results" train --runs --no-trl \
         --epoch "$device/epoch/original.jsonl" "$device/epoch/compressed.jsonl" \
         --epoch-model "$device/tokenizer" ;;
     all)
-      "$0" tests kernels train train-qlora train-hybrid epoch ;;
-    *) echo "unknown stage $stage (expected stash, tests, kernels, train, train-qlora, train-hybrid, epoch, all)" >&2
+      "$0" tests kernels train train-qlora train-hybrid train-fsdp epoch ;;
+    *) echo "unknown stage $stage (expected stash, tests, kernels, train, train-qlora, train-hybrid, train-fsdp, epoch, all)" >&2
        exit 2 ;;
   esac
 done

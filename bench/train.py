@@ -182,6 +182,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "tokenizer (then a random-init --epoch-shape student with that vocabulary is built)",
     )
     parser.add_argument("--epoch-shape", default="qwen2.5-0.5b", choices=list(SHAPES))
+    parser.add_argument(
+        "--distributed",
+        choices=("ddp", "fsdp"),
+        default="fsdp",
+        help="under torchrun (several GPUs): how the ranks share cd_fast's runs (rank 0 writes "
+        "the results; tokens/s is of all ranks together)",
+    )
 
 
 VARIANTS = {
@@ -224,6 +231,7 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
     import transformers
     from transformers import AutoModelForCausalLM
 
+    from cd_fast.runtime import rank_info
     from cd_fast.train import TrainConfig, Trainer, TrainSet
     from cd_fast.train.metrics import peak_flops
 
@@ -236,11 +244,14 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
     sequences = synthetic_lengths(mean, args.sequences, options["vocab_size"])
     ids = [str(i) for i in range(len(sequences))]
     data = TrainSet(ids, sequences, np.zeros(len(sequences), dtype=np.int64))
+    world = rank_info().world_size
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device(device if world == 1 else "cpu"):  # each rank takes its device (or shard)
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
     qlora = mode == "qlora"
     label = "qlora" if qlora else variant
+    if world > 1:
+        label += f", {args.distributed} x{world}"
     if qlora:  # bitsandbytes quantises while loading: go through a saved copy
         path = workdir / shape
         save_random_model(model, path)
@@ -265,13 +276,15 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
         load_in_4bit=qlora,
         gradient_checkpointing=qlora,
         lora_alpha=32,
+        distributed="ddp" if qlora else args.distributed,
         **({} if qlora else VARIANTS[variant]),
     )
     from cd_fast.train.memory import ModelShape, estimate_memory
 
-    estimate = estimate_memory(
-        ModelShape.from_config(model_config), config, device.type == "cuda", qlora, 1
-    )
+    shape_of_model = ModelShape.from_config(model_config)
+    sharded = world > 1 and config.distributed == "fsdp"
+    on_cuda = device.type == "cuda"
+    estimate = estimate_memory(shape_of_model, config, on_cuda, qlora, 1, world, sharded)
     trainer = Trainer(model, data, config, progress=False)
     result = trainer.train()
     if args.profile:
@@ -286,7 +299,7 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
     return {
         "provider": f"cd_fast ({label}, {tokens} tok/step)",
         "label_tok_per_s": round(tokens_total / seconds, 1),
-        "mfu": round(sum(t.flops for t in timed) / seconds / peak, 4) if peak else "",
+        "mfu": round(sum(t.flops for t in timed) / seconds / (peak * world), 4) if peak else "",
         "peak_gib": max(t.peak_memory_gib for t in result.timings),
         "estimate_gib": round(estimate.total / 2**30, 2),
     }
@@ -469,6 +482,15 @@ def _this_session(csv_path: Path, env: dict, benchmark: str) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    from cd_fast.runtime import rank_info
+
+    if rank_info().rank != 0:  # under torchrun the other ranks train and write nothing
+        with tempfile.TemporaryDirectory(dir=scratch_dir()) as tmp:
+            for name in args.runs:
+                variants = args.variants if RUNS[name][1] == "full" else ["qlora"]
+                for variant in variants:
+                    _our_run(name, variant, args, Path(tmp))
+        return []
     env = environment()
     rows: list[dict] = []
     csv_path = args.results_dir / "train.csv"

@@ -3,13 +3,16 @@
     python tests/compile_kernels.py [capability ...]     (default: 80 90)
 
 One JSON line per compiled case: kernel, capability, dtype, the launcher's constexprs, and the
-cubin's resource usage (registers, stack bytes = spilled registers, shared memory). Runs in its
-own process because kernels decorated under TRITON_INTERPRET=1 cannot be compiled.
-The tests (test_causal_conv1d.py) assert no spills and shared memory within the target's limit.
+cubin's resource usage (registers, stack bytes = spilled registers, shared memory). Every
+@triton.jit kernel of cd_fast.kernels is compiled at the block sizes, warps and dtypes its
+launcher uses. Runs in its own process because kernels decorated under TRITON_INTERPRET=1
+cannot be compiled. test_kernel_compile.py asserts that every kernel is covered, none spills and
+each fits the target's shared memory.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -24,7 +27,10 @@ from triton.compiler import ASTSource
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("compile_kernels.py: unset TRITON_INTERPRET (interpreted kernels cannot compile)")
 
-from cd_fast.kernels import causal_conv1d
+# modules, not the functions cd_fast.kernels exports under the same names
+causal_conv1d = importlib.import_module("cd_fast.kernels.causal_conv1d")
+pack = importlib.import_module("cd_fast.kernels.pack")
+token_scores = importlib.import_module("cd_fast.kernels.token_scores")
 
 DTYPES = {"bf16": "*bf16", "fp32": "*fp32"}  # fp16 compiles as bf16 does
 
@@ -70,7 +76,72 @@ def conv_cases():
             )
 
 
-def resources(cubin: bytes) -> dict[str, int]:
+def pack_cases():
+    """The pack kernel at its largest tile (sequences >= 1024 tokens), both store dtypes."""
+    for dtype, store in (("int64", "*i64"), ("int32", "*i32")):
+        signature = {
+            "p_store": store,
+            "p_meta": "*i64",
+            **dict.fromkeys(["p_input_ids", "p_labels", "p_position_ids"], "*i64"),
+            "p_cu_seqlens": "*i32",
+            "B": "i32",
+        }
+        constexprs = {"BLOCK_T": 1024, "IGNORE": pack.IGNORE_INDEX}
+        yield pack._pack_kernel, dtype, signature, constexprs, 4
+
+
+def token_scores_cases():
+    """The split method's row reduction (a 151,936-token vocabulary: BLOCK_V 4096), every fused
+    tile shape the benchmark sweeps (bf16, the default also fp32) and the merge kernel."""
+    ignore = token_scores.IGNORE_INDEX
+    reduce = {
+        "p_logits": "*fp32",
+        "p_targets": "*i64",
+        "p_surprisal": "*fp32",
+        "p_entropy": "*fp32",
+        "V": "i32",
+        "stride_t": "i32",
+    }
+    yield token_scores._token_scores_kernel, "fp32", reduce, {"BLOCK_V": 4096, "IGNORE": ignore}, 4
+    for name, config in token_scores.FUSED_CONFIGS.items():
+        dtypes = ("bf16", "fp32") if name == token_scores.DEFAULT_FUSED else ("bf16",)
+        for dtype in dtypes:
+            pointer = DTYPES[dtype]
+            signature = {
+                "p_hidden": pointer,
+                "p_weight": pointer,
+                "p_targets": "*i64",
+                "p_stats": "*fp32",
+                "p_target_logit": "*fp32",
+                **dict.fromkeys(["T", "V", "H", "stride_ht", "stride_wv", "n_blocks_v"], "i32"),
+            }
+            constexprs = {
+                "BLOCK_T": config.block_t,
+                "BLOCK_V": config.block_v,
+                "BLOCK_H": config.block_h,
+                "GROUP_T": 8,
+                "IGNORE": ignore,
+                "PRECISION": "ieee" if dtype == "fp32" else "tf32",
+                "UPCAST": False,
+            }
+            options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+            yield token_scores._token_scores_fused_kernel, dtype, signature, constexprs, options
+    merge = {
+        "p_stats": "*fp32",
+        "p_target_logit": "*fp32",
+        "p_targets": "*i64",
+        "p_surprisal": "*fp32",
+        "p_entropy": "*fp32",
+        "T": "i32",
+        "n_blocks_v": "i32",
+    }
+    constexprs = {"BLOCK_T": 64, "BLOCK_N": 32, "IGNORE": ignore}
+    yield token_scores._token_scores_merge_kernel, "fp32", merge, constexprs, 4
+
+
+def resources(cubin: bytes, dynamic_shared: int) -> dict[str, int]:
+    """Registers per thread, stack bytes (spills) and shared memory per block: the cubin's
+    static allocation plus what Triton asks for at launch."""
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
@@ -85,26 +156,26 @@ def resources(cubin: bytes) -> dict[str, int]:
     return {
         "registers": int(fields["REG"]),
         "stack": int(fields["STACK"]),
-        "shared": int(fields["SHARED"]),
+        "shared": int(fields["SHARED"]) + dynamic_shared,
     }
 
 
 def main(capabilities: list[int]) -> None:
+    cases = [*conv_cases(), *pack_cases(), *token_scores_cases()]
     for capability in capabilities:
-        for kernel, dtype, signature, constexprs, warps in conv_cases():
-            for name in constexprs:
-                signature[name] = "constexpr"
+        for kernel, dtype, signature, constexprs, options in cases:
+            signature = {**signature, **dict.fromkeys(constexprs, "constexpr")}
             compiled = triton.compile(
                 ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
                 target=GPUTarget("cuda", capability, 32),
-                options={"num_warps": warps},
+                options=options if isinstance(options, dict) else {"num_warps": options},
             )
             row = {
                 "kernel": kernel.__name__,
                 "capability": capability,
                 "dtype": dtype,
                 "constexprs": constexprs,
-                **resources(compiled.asm["cubin"]),
+                **resources(compiled.asm["cubin"], compiled.metadata.shared),
             }
             print(json.dumps(row), flush=True)
 

@@ -60,7 +60,7 @@ def run_cdfast(*args: object, timeout: float = 900, **options) -> subprocess.Com
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cdfast():
     return run_cdfast
 
@@ -92,7 +92,7 @@ class Qwen3Traces:
     items: Path  # their prompts, joined by id
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (the shared/ folder beside the repo)")

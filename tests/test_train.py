@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -471,6 +472,24 @@ def metrics(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
+def sigterm_after_two_steps(command: list[str], env: dict, run: Path, log: Path) -> tuple[int, str]:
+    """Start a training command, SIGTERM it once `run` has two metrics rows; (exit code,
+    stderr). Stderr goes to a file: a full pipe would block the child."""
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log_file
+        )
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            rows = run / "metrics.jsonl"
+            if rows.is_file() and len(rows.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=300)
+    return process.returncode, log.read_text()
+
+
 def test_cli_sigterm_checkpoints_and_resume_matches(tiny_models, shared_data, tmp_path, cdfast):
     model = tiny_models["qwen2"]
     straight = tmp_path / "straight"
@@ -482,21 +501,8 @@ def test_cli_sigterm_checkpoints_and_resume_matches(tiny_models, shared_data, tm
     args = train_args(model, shared_data, killed, "--max-steps", "8", "--export", "none")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "cd_fast.cli", *args]
-    log_file = (tmp_path / "stderr.log").open("w")  # a file: a full pipe would block the child
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log_file
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        log = killed / "metrics.jsonl"
-        if log.is_file() and len(log.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=300)
-    log_file.close()
-    stderr = (tmp_path / "stderr.log").read_text()
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    returncode, stderr = sigterm_after_two_steps(command, env, killed, tmp_path / "stderr.log")
+    assert returncode == 128 + signal.SIGTERM, stderr[-2000:]
     checkpoints = sorted(killed.glob("checkpoint-*"))
     assert len(checkpoints) == 1 and "resume with --resume" in stderr
     stopped_at = int(checkpoints[0].name.split("-")[1])
@@ -520,50 +526,162 @@ def test_cli_errors_are_one_line(tiny_models, shared_data, tmp_path, cdfast):
     assert bad.returncode == 2 and "needs lora_r > 0" in bad.stderr
 
 
-def test_two_gloo_processes_match_one(tiny_models, shared_data, tmp_path, cdfast):
-    model = tiny_models["qwen3"]
-    common = (
-        "--max-steps",
-        "3",
-        "--max-tokens-per-step",
-        "2048",
-        "--export",
-        "none",
-        "--lora-r",
-        "8",
+def test_distributed_strategy_defaults_and_sharded_memory(tmp_path):
+    from cd_fast.train.distributed import resolve_strategy
+    from cd_fast.train.memory import estimate_memory
+
+    full, lora = config(tmp_path), config(tmp_path, lora_r=8)
+    assert resolve_strategy(full, 1) is None
+    assert (resolve_strategy(full, 4), resolve_strategy(lora, 4)) == ("fsdp", "ddp")
+    assert resolve_strategy(config(tmp_path, lora_r=8, distributed="fsdp"), 4) == "fsdp"
+    with pytest.raises(ValueError, match=r"QLoRA .* runs under distributed='ddp'"):
+        config(tmp_path, lora_r=8, load_in_4bit=True, distributed="fsdp")
+    with pytest.raises(ValueError, match="fsdp_cpu_offload needs distributed='fsdp'"):
+        config(tmp_path, distributed="ddp", fsdp_cpu_offload=True)
+
+    shape = ModelShape(28, 1536, 8960, 12, 2, 128, 151936, True)  # Qwen2.5-1.5B
+    on_gpu = config(tmp_path, bf16=True, max_tokens_per_step=16384, max_seq_length=4096)
+    replicated = estimate_memory(shape, on_gpu, True, False, 1, 8)
+    sharded = estimate_memory(shape, on_gpu, True, False, 1, 8, sharded=True)
+    offloaded = estimate_memory(
+        shape, replace(on_gpu, fsdp_cpu_offload=True), True, False, 1, 8, sharded=True
     )
-    one = cdfast(
-        *train_args(
-            model, shared_data, tmp_path / "one", *common, "--gradient-accumulation-steps", "2"
-        )
+    states = replicated.weights + replicated.gradients + replicated.optimizer
+    assert sharded.optimizer == pytest.approx(replicated.optimizer / 8)
+    assert sharded.gradients == pytest.approx(replicated.gradients / 8)
+    assert states / 8 < sharded.weights + sharded.gradients + sharded.optimizer < states / 2
+    assert offloaded.optimizer == offloaded.gradients == 0
+    assert sharded.activations == replicated.activations
+
+
+# ---- several processes (gloo): DDP and FSDP2 ----
+
+TORCHRUN_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+# (model, options) of the runs compared across process counts: LoRA and a full fine-tune.
+# Adam turns a gradient at rounding-noise level into a full learning-rate step of random sign
+# (LoRA's A gets ~0 gradients while B is ~0): epsilon 1e-6 damps those, so weights compare.
+DISTRIBUTED_RUNS = {
+    "lora": ("qwen3", ("--max-steps", "3", "--lora-r", "8", "--export", "adapter")),
+    "full": ("qwen2", ("--max-steps", "6", "--save-steps", "2", "--export", "merged")),
+}
+DISTRIBUTED_OPTIONS = ("--adam-epsilon", "1e-6")
+
+
+def torchrun_command(processes: int, args: list[str]) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, "--nproc-per-node", str(processes), "-m", "cd_fast.cli", *args]
+
+
+def torchrun(processes: int, args: list[str]) -> subprocess.CompletedProcess:
+    command = torchrun_command(processes, args)
+    return subprocess.run(
+        command, capture_output=True, text=True, env=TORCHRUN_ENV, cwd=REPO, timeout=600
     )
-    assert one.returncode == 0, one.stderr[-2000:]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
+
+
+def exported_tensors(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted((run / "final").glob("*.safetensors"))
+    assert files, f"no export in {run / 'final'}"
+    return {name: t for f in files for name, t in load_file(f).items()}
+
+
+@pytest.fixture(scope="module")
+def one_process_runs(tiny_models, shared_data, tmp_path_factory, cdfast):
+    """The reference of each DISTRIBUTED_RUNS entry: one process, 2 accumulated micro-batches
+    (what 2 ranks with 1 micro-batch each compute)."""
+    root = tmp_path_factory.mktemp("one-process")
+    runs: dict[str, Path] = {}
+    for kind, (model, options) in DISTRIBUTED_RUNS.items():
+        out = root / kind
+        done = cdfast(
+            *train_args(tiny_models[model], shared_data, out, *options, *DISTRIBUTED_OPTIONS),
+            "--gradient-accumulation-steps",
             "2",
-            "--master-port",
-            "29533",
-            "-m",
-            "cd_fast.cli",
-            *train_args(model, shared_data, tmp_path / "two", *common),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert json.loads((tmp_path / "two" / "train_config.json").read_text())["world_size"] == 2
-    expected, got = metrics(tmp_path / "one"), metrics(tmp_path / "two")
-    assert sorted(got) == [1, 2, 3]
-    for step in (1, 2, 3):
-        assert got[step] == pytest.approx(expected[step], rel=1e-5)
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[kind] = out
+    return runs
+
+
+def assert_same_run(expected: Path, got: Path, steps: list[int], weights: bool = True) -> None:
+    reference, losses = metrics(expected), metrics(got)
+    assert sorted(losses) == steps
+    for step in steps:
+        assert losses[step] == pytest.approx(reference[step], rel=1e-5), step
+    if weights:
+        reference_tensors, tensors = exported_tensors(expected), exported_tensors(got)
+        assert tensors.keys() == reference_tensors.keys()
+        for name, tensor in tensors.items():
+            torch.testing.assert_close(tensor, reference_tensors[name], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kind, strategy, extra",
+    [
+        ("lora", "ddp", ()),
+        ("lora", "fsdp", ("--fsdp-cpu-offload",)),
+        ("full", "fsdp", ("--gradient-checkpointing",)),
+    ],
+)
+def test_two_gloo_processes_match_one(
+    kind, strategy, extra, one_process_runs, tiny_models, shared_data, tmp_path
+):
+    model, options = DISTRIBUTED_RUNS[kind]
+    out = tmp_path / "two"
+    args = train_args(tiny_models[model], shared_data, out, *options, *DISTRIBUTED_OPTIONS, *extra)
+    args += ["--distributed", strategy]
+    done = torchrun(2, args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["world_size"], saved["distributed"]) == (2, strategy)
+    steps = sorted(metrics(one_process_runs[kind]))
+    assert_same_run(one_process_runs[kind], out, steps)
+    if kind == "full":  # sharded checkpoints; the gathered export loads in transformers
+        assert (out / "checkpoint-6" / "sharded" / ".metadata").is_file()
+        from transformers import AutoModelForCausalLM
+
+        AutoModelForCausalLM.from_pretrained(out / "final")
+
+
+def test_fsdp_sigterm_checkpoints_and_resumes_on_any_world_size(
+    one_process_runs, tiny_models, shared_data, tmp_path, cdfast
+):
+    """SIGTERM to torchrun (what a scheduler sends): the ranks agree on a step, write a sharded
+    checkpoint and stop; --resume repeats the uninterrupted losses on 2 ranks, and on 3."""
+    model, options = DISTRIBUTED_RUNS["full"]
+    killed = tmp_path / "killed"
+    args = [
+        *train_args(tiny_models[model], shared_data, killed, *options, *DISTRIBUTED_OPTIONS),
+        "--save-steps",
+        "0",
+        "--distributed",
+        "fsdp",
+    ]
+    command = torchrun_command(2, args)
+    _, stderr = sigterm_after_two_steps(command, TORCHRUN_ENV, killed, tmp_path / "stderr.log")
+    checkpoints = sorted(killed.glob("checkpoint-*"))
+    assert len(checkpoints) == 1, stderr[-3000:]
+    assert (checkpoints[0] / "sharded" / ".metadata").is_file()
+    assert 2 <= int(checkpoints[0].name.split("-")[1]) < 6
+    assert not (killed / "final").exists()
+
+    alone = cdfast(*args, "--resume")  # one process cannot read the shards
+    assert alone.returncode == 2 and "Traceback" not in alone.stderr
+    assert "resume it under torchrun with --distributed fsdp" in alone.stderr
+
+    three = tmp_path / "three"
+    shutil.copytree(killed, three)
+    resumed = torchrun(2, [*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(one_process_runs["full"], killed, list(range(1, 7)))
+    other_args = train_args(tiny_models[model], shared_data, three, *options, *DISTRIBUTED_OPTIONS)
+    other_args.append("--resume")
+    other = torchrun(3, [*other_args, "--distributed", "fsdp"])
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "saved by 2 ranks, resuming on 3" in other.stderr
+    assert_same_run(one_process_runs["full"], three, list(range(1, 7)))
 
 
 # ---- hybrid linear-attention models ----

@@ -41,7 +41,11 @@ examples:
   cdfast train traces.jsonl --model Qwen/Qwen3-8B -o runs/qlora --load-in-4bit --lora-r 16 \\
       --max-memory 16
   cdfast train traces.jsonl --model M -o runs/full --resume          # after a kill
-  torchrun --nproc-per-node 8 -m cd_fast.cli train traces.jsonl --model M -o runs/ddp
+  # several GPUs: FSDP2 shards a full fine-tune (--distributed ddp replicates; LoRA's default)
+  torchrun --nproc-per-node 8 -m cd_fast.cli train traces.jsonl --model M -o runs/fsdp
+  # several nodes: the same on each, pointed at one rendezvous (output on a shared filesystem)
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-id run1 \\
+      --rdzv-endpoint node0:29500 -m cd_fast.cli train traces.jsonl --model M -o /shared/run1
 
 {INPUT_HELP}"""
 

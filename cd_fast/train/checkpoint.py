@@ -3,6 +3,9 @@
 A checkpoint holds what the next step depends on: the trained tensors (fp32 masters when the
 model computes in bf16), optimizer and scheduler state, the planner position, and every RNG
 (python, numpy, torch CPU and CUDA, per rank), so a resumed run repeats the exact trajectory.
+One process or DDP: model.safetensors + optimizer.pt from rank 0. FSDP2: `sharded/`, a
+torch.distributed.checkpoint folder every rank writes its shards into (on a filesystem every
+node sees), beside the same trainer files.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
+SHARDED_FOLDER = "sharded"  # FSDP2 runs: the DCP shards of weights and optimizer states
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 
@@ -59,23 +63,32 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def write_checkpoint(
+def staging_folder(output_dir: Path, step: int) -> Path:
+    """Where checkpoint-STEP is written before its rename (every rank can name it)."""
+    return output_dir / f".{PREFIX}{step}.partial"
+
+
+def start_checkpoint(output_dir: Path, step: int) -> Path:
+    """An empty staging folder for checkpoint-STEP (a leftover of a killed save is dropped)."""
+    temp = staging_folder(output_dir, step)
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    return temp
+
+
+def finish_checkpoint(
     output_dir: Path,
     step: int,
-    tensors: dict[str, torch.Tensor],
-    optimizer: dict[str, Any],
     scheduler: dict[str, Any],
     state: dict[str, Any],
     rank_rngs: list[dict[str, Any]],
     keep: int | None,
+    optimizer: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint-STEP through a temp folder + rename, then drop all but the `keep` newest."""
+    """Write the trainer's own files into the staging folder, rename it to checkpoint-STEP,
+    then drop all but the `keep` newest checkpoints."""
+    temp = staging_folder(output_dir, step)
     final = output_dir / f"{PREFIX}{step}"
-    temp = output_dir / f".{PREFIX}{step}.partial"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
-    cpu_tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    save_file(cpu_tensors, temp / "model.safetensors")
     torch.save({"optimizer": optimizer, "scheduler": scheduler}, temp / "optimizer.pt")
     for rank, rng in enumerate(rank_rngs):
         torch.save(rng, temp / f"rng-{rank}.pt")
@@ -89,18 +102,35 @@ def write_checkpoint(
     return final
 
 
-def read_checkpoint(path: Path, rank: int) -> dict[str, Any]:
+def write_checkpoint(
+    output_dir: Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    scheduler: dict[str, Any],
+    state: dict[str, Any],
+    rank_rngs: list[dict[str, Any]],
+    keep: int | None,
+) -> Path:
+    """One process's checkpoint: the trained tensors in model.safetensors, the optimizer whole."""
+    temp = start_checkpoint(output_dir, step)
+    cpu_tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    save_file(cpu_tensors, temp / "model.safetensors")
+    return finish_checkpoint(output_dir, step, scheduler, state, rank_rngs, keep, optimizer)
+
+
+def read_checkpoint(path: Path, rank: int, world_size: int) -> dict[str, Any]:
+    """The checkpoint's trainer files (and its tensors unless they are DCP shards, read by
+    `distributed.load_sharded`). `rng` is None when it was saved on another world size."""
     state = json.loads((path / STATE_FILE).read_text())
-    rng_file = path / f"rng-{rank}.pt"
-    if not rng_file.is_file():
-        raise ValueError(
-            f"{path}: no RNG state for rank {rank}; resume with the world size it was saved with"
-        )
     saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    rng_file = path / f"rng-{rank}.pt"
+    same_world = state.get("world_size", 1) == world_size and rng_file.is_file()
+    sharded = (path / SHARDED_FOLDER).is_dir()
     return {
         "state": state,
-        "tensors": load_file(path / "model.safetensors"),
+        "tensors": None if sharded else load_file(path / "model.safetensors"),
         "optimizer": saved["optimizer"],
         "scheduler": saved["scheduler"],
-        "rng": torch.load(rng_file, weights_only=False),
+        "rng": torch.load(rng_file, weights_only=False) if same_world else None,
     }

@@ -12,6 +12,7 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_wi
 OPTIMIZERS = ("adamw", "adamw_8bit")
 NAN_POLICIES = ("stop", "skip")
 EXPORTS = ("auto", "merged", "adapter", "none")
+DISTRIBUTED = ("auto", "ddp", "fsdp")
 
 
 @dataclass
@@ -130,6 +131,18 @@ class TrainConfig:
         '"none".',
     )
     device: str | None = option(None, help="cuda or cpu (default: cuda when available).")
+    distributed: str = option(
+        "auto",
+        choices=DISTRIBUTED,
+        help='How torchrun\'s ranks share the run: "fsdp" shards weights, gradients and AdamW '
+        'states (FSDP2); "ddp" replicates them; "auto": fsdp for full fine-tunes, ddp for LoRA '
+        "and QLoRA (small adapters, no weight all-gathers). Ignored by a single process.",
+    )
+    fsdp_cpu_offload: bool = option(
+        False,
+        help="With fsdp: keep the sharded weights, gradients and AdamW states in CPU memory (the "
+        "optimizer steps on the CPU) for GPUs too small for their shard.",
+    )
     resume: bool = option(False, help="Continue from the latest checkpoint in output_dir.")
     loss_chunk_size: int = option(
         1024,
@@ -150,6 +163,16 @@ class TrainConfig:
             (self.optim in OPTIMIZERS, f"optim must be one of {OPTIMIZERS}"),
             (self.nan_policy in NAN_POLICIES, f"nan_policy must be one of {NAN_POLICIES}"),
             (self.export in EXPORTS, f"export must be one of {EXPORTS}"),
+            (self.distributed in DISTRIBUTED, f"distributed must be one of {DISTRIBUTED}"),
+            (
+                not (self.fsdp_cpu_offload and self.distributed == "ddp"),
+                "fsdp_cpu_offload needs distributed='fsdp' (or 'auto' on a full fine-tune)",
+            ),
+            (
+                not (self.load_in_4bit and self.distributed == "fsdp"),
+                "QLoRA (load_in_4bit) runs under distributed='ddp': FSDP2 does not shard "
+                "bitsandbytes' NF4 weights",
+            ),
             (self.max_tokens_per_step > 0, "max_tokens_per_step must be > 0"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             (self.max_seq_length > 1, "max_seq_length must be > 1"),

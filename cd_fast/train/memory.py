@@ -13,8 +13,10 @@ I MLP width, K = kv width, V vocabulary, a = activation bytes):
                 with checkpointing: T * L * a * H + one block's activations
     loss        T * H * a * 2 + chunk * V * 8 (+ V * H * 4 for the CPU loss's head gradient)
 
-plus a fixed 1 GiB for the CUDA context, cuBLAS workspaces and allocator slack. It is an upper
-estimate of a transformers decoder (Llama/Qwen/Mistral family); Liger's kernels save less.
+Under FSDP2 weights, gradients and optimizer states count 1/world (none with CPU offload) plus
+two unsharded blocks and the embeddings (gathered by the root unit). Plus a fixed 1 GiB for the
+CUDA context, cuBLAS workspaces and allocator slack. It is an upper estimate of a transformers
+decoder (Llama/Qwen/Mistral family); Liger's kernels save less.
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ def estimate_memory(
     gradient_checkpointing: bool,
     accumulation: int,
     world_size: int = 1,
+    sharded: bool = False,
 ) -> MemoryEstimate:
     bf16 = bool(config.bf16)
     w = 2 if bf16 else 4
@@ -165,6 +168,12 @@ def estimate_memory(
     optimizer = trained * state[config.optim]
     if bf16 and config.master_weights and not config.use_lora:
         optimizer += trained * 4
+    if sharded:  # FSDP2: 1/world of each, plus two gathered blocks (one prefetched)
+        gathered = 2 * blocks / shape.layers * w + embeddings * w
+        kept = 0 if config.fsdp_cpu_offload else 1 / world_size
+        weights = weights * kept + gathered
+        gradients *= kept
+        optimizer *= kept
     h, k, i = shape.hidden, shape.kv_heads * shape.head_dim, shape.intermediate
     block = tokens * (a * (10 * h + 2 * k + 4 * i) + 8 * h)
     if gradient_checkpointing:
@@ -194,6 +203,7 @@ def fit_memory(
     max_memory_gib: float,
     on_cuda: bool,
     world_size: int = 1,
+    sharded: bool = False,
 ) -> MemoryEstimate:
     """The cheapest settings that fit: as asked, then with checkpointing, then with more (smaller)
     micro-batches per step. Raises ValueError (with the smallest estimate) when nothing fits."""
@@ -203,7 +213,7 @@ def fit_memory(
     while True:
         for checkpointing in (config.gradient_checkpointing, True):
             estimate = estimate_memory(
-                shape, config, on_cuda, checkpointing, accumulation, world_size
+                shape, config, on_cuda, checkpointing, accumulation, world_size, sharded
             )
             tried.append(estimate)
             if estimate.total <= budget:

@@ -107,18 +107,23 @@ def prepare_model(
     config: TrainConfig,
     device: torch.device,
     tokenizer: Any = None,
+    dtype: torch.dtype | None = None,
+    load_device: torch.device | None = None,
 ) -> tuple[nn.Module, Any]:
-    """Load (or take) the model and make it trainable as `config` says."""
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    """Load (or take) the model and make it trainable as `config` says, for computing on
+    `device`. The weights go to `load_device` (default `device`) in `dtype` (default: bf16 or
+    fp32 as config.bf16 says)."""
+    dtype = dtype or (torch.bfloat16 if config.bf16 else torch.float32)
+    load_device = load_device or device
     if isinstance(model, (str, Path)):
-        model, loaded_tokenizer = load_model(model, config, device, dtype)
+        model, loaded_tokenizer = load_model(model, config, load_device, dtype)
         tokenizer = tokenizer or loaded_tokenizer
     else:
         if config.load_in_4bit:
             raise ValueError("QLoRA quantises while loading: pass a model path, not a model")
         model.config._attn_implementation = register()
         enable_packing(model)
-        model = model.to(device=device, dtype=dtype)
+        model = model.to(device=load_device, dtype=dtype)
     model.config.use_cache = False
     use_liger = config.liger if config.liger is not None else device.type == "cuda"
     if use_liger:

@@ -1,5 +1,5 @@
 """The SFT loop: packed token-budget steps, fused loss, label-token-weighted accumulation,
-exact resume, SIGTERM checkpoints, metrics, DDP under torchrun.
+exact resume, SIGTERM checkpoints, metrics, DDP or FSDP2 under torchrun (train/distributed.py).
 
 A step's contents depend only on (data, max_tokens_per_step, seed): the planner packs the step,
 then `split_step` deals it into gradient_accumulation_steps x world_size micro-batches. Every
@@ -31,11 +31,12 @@ from cd_fast.kernels import TokenStore, label_token_count
 from cd_fast.models import load_model_config
 from cd_fast.runtime import choose_device, rank_info
 from cd_fast.train import checkpoint as ckpt
+from cd_fast.train import distributed
 from cd_fast.train.config import TrainConfig
 from cd_fast.train.data import TrainSet, as_traces, tokenize_traces
 from cd_fast.train.memory import ModelShape, fit_memory
 from cd_fast.train.metrics import MetricsWriter, batch_flops, peak_flops, peak_memory_gib
-from cd_fast.train.model import CausalLMLoss, causal_lm, load_model, prepare_model
+from cd_fast.train.model import CausalLMLoss, causal_lm, decoder_layers, load_model, prepare_model
 from cd_fast.train.packing import Piece, StepPlanner, split_step
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,9 @@ class Trainer:
         if ranks.world_size > 1 and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         self.rank, self.world_size = ranks.rank, ranks.world_size
+        self.strategy = distributed.resolve_strategy(self.config, self.world_size)
+        if self.strategy is not None:
+            self._log_rank0("%d ranks share each step: %s", self.world_size, self.strategy)
         self.device = choose_device(self.config.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -171,7 +175,12 @@ class Trainer:
         self.memory = None
         if config.max_memory is not None:
             self.memory = fit_memory(
-                self.shape, config, config.max_memory, self.device.type == "cuda", self.world_size
+                self.shape,
+                config,
+                config.max_memory,
+                self.device.type == "cuda",
+                self.world_size,
+                sharded=self.strategy == "fsdp",
             )
             self.config = config = replace(
                 config,
@@ -182,15 +191,25 @@ class Trainer:
                 "max_memory=%s GiB: planned %s", config.max_memory, self.memory.describe()
             )
         _seed_everything(config.seed)
-        self.model, self.tokenizer = prepare_model(model, config, self.device, tokenizer)
+        sharded = self.strategy == "fsdp"
+        self.model, self.tokenizer = prepare_model(
+            model,
+            config,
+            self.device,
+            tokenizer,
+            dtype=distributed.load_dtype(config, self.strategy),
+            load_device=torch.device("cpu") if sharded else None,  # fully_shard moves the shards
+        )
         on_cuda = self.device.type == "cuda"
         use_liger = config.liger if config.liger is not None else on_cuda
         self.loss_module = CausalLMLoss(self.model, use_liger and on_cuda, config.loss_chunk_size)
         self.ddp = None
-        if self.world_size > 1:
+        if self.strategy == "ddp":
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[self.device.index] if on_cuda else None
             )
+        elif sharded:
+            distributed.shard(self.loss_module, decoder_layers(self.model), self.device, config)
 
     def _setup_data(self, data: Any) -> None:
         """Tokenise the records, upload them, and plan the token-budget steps."""
@@ -280,34 +299,78 @@ class Trainer:
         return {name: v for (name, _), v in zip(self.named_trainable, values, strict=True)}
 
     def save_checkpoint(self) -> Path | None:
+        """Write checkpoint-STEP (collective under torchrun); returns its path on rank 0."""
         rngs = [ckpt.rng_state()]
         if self.world_size > 1:
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, rngs[0])
             rngs = gathered
+        state = {
+            "planner": self.planner.state_dict(),
+            "total_steps": self.total_steps,
+            "world_size": self.world_size,
+        }
+        keep = self.config.save_total_limit
         path = None
-        if self.rank == 0:
+        if self.strategy == "fsdp":
+            if self.rank == 0:
+                ckpt.start_checkpoint(self.output_dir, self.step)
+            dist.barrier()
+            folder = ckpt.staging_folder(self.output_dir, self.step) / ckpt.SHARDED_FOLDER
+            distributed.save_sharded(folder, self.loss_module, self.optimizer)
+            if self.rank == 0:
+                scheduler = self.scheduler.state_dict()
+                path = ckpt.finish_checkpoint(
+                    self.output_dir, self.step, scheduler, state, rngs, keep
+                )
+        elif self.rank == 0:
             path = ckpt.write_checkpoint(
                 self.output_dir,
                 self.step,
                 self._trained_tensors(),
                 self.optimizer.state_dict(),
                 self.scheduler.state_dict(),
-                {
-                    "planner": self.planner.state_dict(),
-                    "total_steps": self.total_steps,
-                    "world_size": self.world_size,
-                },
+                state,
                 rngs,
-                self.config.save_total_limit,
+                keep,
             )
         if self.world_size > 1:
             dist.barrier()
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        saved = ckpt.read_checkpoint(path, self.rank)
-        tensors = saved["tensors"]
+        saved = ckpt.read_checkpoint(path, self.rank, self.world_size)
+        sharded = saved["tensors"] is None
+        if sharded != (self.strategy == "fsdp"):
+            how = "under torchrun with --distributed fsdp" if sharded else "alone or with ddp"
+            raise ValueError(
+                f"{path} was saved {'by FSDP2' if sharded else 'without FSDP2'}: resume it {how}"
+            )
+        if sharded:
+            distributed.load_sharded(path / ckpt.SHARDED_FOLDER, self.loss_module, self.optimizer)
+        else:
+            self._load_tensors(path, saved["tensors"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.planner.load_state_dict(saved["state"]["planner"])
+        self.step = int(saved["state"]["step"])
+        if saved["rng"] is not None:
+            ckpt.set_rng_state(saved["rng"])
+        else:
+            saved_world = saved["state"].get("world_size", 1)
+            _seed_everything(self.config.seed + self.step)
+            if self.rank == 0:
+                logger.warning(
+                    "%s was saved by %d ranks, resuming on %d: same data order and step "
+                    "contents, but random streams (dropout) restart from the seed",
+                    path,
+                    saved_world,
+                    self.world_size,
+                )
+        self.metrics.truncate_after(self.step)
+        self._log_rank0("resumed from %s at step %d", path, self.step)
+
+    def _load_tensors(self, path: Path, tensors: dict[str, torch.Tensor]) -> None:
         missing = [n for n, _ in self.named_trainable if n not in tensors]
         if missing:
             raise ValueError(
@@ -320,13 +383,6 @@ class Trainer:
                 names = [name for name, _ in self.named_trainable]
                 for name, master in zip(names, self.masters.masters, strict=True):
                     master.copy_(tensors[name])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.planner.load_state_dict(saved["state"]["planner"])
-        self.step = int(saved["state"]["step"])
-        ckpt.set_rng_state(saved["rng"])
-        self.metrics.truncate_after(self.step)
-        self._log_rank0("resumed from %s at step %d", path, self.step)
 
     # ---- the loop ----
 
@@ -343,7 +399,7 @@ class Trainer:
         module = self.ddp or self.loss_module
         if pieces:
             batch, weight = self._pack(pieces), scale
-        else:  # an idle rank still joins DDP's gradient all-reduce, with a zero loss
+        else:  # an idle rank still joins the collectives (DDP, FSDP2), with a zero loss
             batch, weight = self.store.pack([0], [0], [min(2, int(self.store.lengths[0]))]), 0.0
         context = self.ddp.no_sync() if (self.ddp is not None and not sync) else nullcontext()
         with context:
@@ -357,7 +413,7 @@ class Trainer:
             self.masters.grads_to_masters()
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.optimized, max_norm, foreach=True)
-        return grad_norm
+        return distributed.full_norm(grad_norm)
 
     def _apply_update(self) -> None:
         self.optimizer.step()
@@ -397,6 +453,7 @@ class Trainer:
                         **c.to_dict(),
                         "model": self.model_spec,
                         "world_size": self.world_size,
+                        "distributed": self.strategy,
                         "total_steps": self.total_steps,
                         "samples": len(self.train_set),
                         "truncated": len(self.train_set.truncated),
@@ -416,7 +473,7 @@ class Trainer:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             self.metrics.close()
-        if not result.interrupted and self.rank == 0:
+        if not result.interrupted:
             result.export_path = self.export()
         if self.world_size > 1:
             dist.barrier()
@@ -452,7 +509,7 @@ class Trainer:
             labels = self._label_tokens(pieces)
             scale = self.world_size / max(labels, 1)
             loss_sum = torch.zeros((), device=self.device)
-            if self.ddp is None:
+            if self.world_size == 1:
                 mine = [m for m in mine if m]
             for i, part in enumerate(mine):
                 loss_sum += self._micro_step(part, scale, sync=i == len(mine) - 1)
@@ -566,22 +623,34 @@ class Trainer:
     # ---- export ----
 
     def export(self) -> Path | None:
-        """Write output_dir/final: merged weights or the LoRA adapter, plus the tokenizer."""
+        """Write output_dir/final: merged weights or the LoRA adapter, plus the tokenizer.
+        Every rank calls it (FSDP2 gathers the shards); rank 0 writes and returns the path."""
         c = self.config
         mode = c.export if c.export != "auto" else ("adapter" if c.use_lora else "merged")
+        if mode == "adapter" and not c.use_lora:
+            raise ValueError("export='adapter' needs LoRA (lora_r > 0)")
         if mode == "none":
+            return None
+        sharded = self.strategy == "fsdp"
+        merge_from_base = mode == "merged" and c.use_lora and (c.load_in_4bit or sharded)
+        if merge_from_base and self.model_spec is None:
+            raise ValueError(
+                "merging a QLoRA or FSDP2 LoRA adapter reloads the base model: pass its path, "
+                "or export='adapter'"
+            )
+        gathered: dict[str, Any] = {}
+        if sharded:
+            target = self.model if c.use_lora else causal_lm(self.model)
+            gathered = {"state_dict": distributed.gather_state_dict(target)}
+        if self.rank != 0:
             return None
         final = self.output_dir / "final"
         if mode == "adapter":
-            if not c.use_lora:
-                raise ValueError("export='adapter' needs LoRA (lora_r > 0)")
-            self.model.save_pretrained(final)
-        elif c.use_lora and c.load_in_4bit:
+            self.model.save_pretrained(final, **gathered)
+        elif merge_from_base:
             final.mkdir(parents=True, exist_ok=True)
             adapter = self.output_dir / "final-adapter"
-            self.model.save_pretrained(adapter)
-            if self.model_spec is None:
-                raise ValueError("merging a QLoRA adapter needs the base model's path")
+            self.model.save_pretrained(adapter, **gathered)
             from peft import PeftModel
 
             dtype = torch.bfloat16 if c.bf16 else torch.float32
@@ -591,7 +660,12 @@ class Trainer:
         elif c.use_lora:
             self.model.merge_and_unload().save_pretrained(final)
         else:
-            causal_lm(self.model).save_pretrained(final)
+            lm = causal_lm(self.model)
+            if sharded and c.bf16:  # the gathered fp32 masters, saved as a single GPU run saves
+                weights = gathered["state_dict"]
+                gathered["state_dict"] = {n: t.to(torch.bfloat16) for n, t in weights.items()}
+                lm.config.dtype = torch.bfloat16
+            lm.save_pretrained(final, **gathered)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(final)
         return final
