@@ -262,6 +262,7 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
     tokens = args.qlora_tokens_per_step if qlora else args.tokens_per_step
     config = TrainConfig(
         output_dir=str(workdir / f"run-{name}"),
+        overwrite_output_dir=True,  # a scratch folder the next variant reuses
         max_steps=args.steps,
         logging_steps=max(1, args.warmup),  # a metrics row (a host sync) per window, not per step
         save_steps=0,
@@ -406,6 +407,7 @@ def _epoch_rows(args: argparse.Namespace, workdir: Path) -> list[dict]:
     def config(name: str, **options) -> TrainConfig:
         return TrainConfig(
             output_dir=str(workdir / name),
+            overwrite_output_dir=True,
             logging_steps=10,
             save_steps=0,
             max_tokens_per_step=args.tokens_per_step,

@@ -34,6 +34,7 @@ def option(
     group: str | None = None,
     default_factory: Callable[[], Any] = _NOT_SET,
     cli: bool = True,
+    minimum: int | None = None,
 ) -> Any:
     """A dataclass field with its CLI description.
 
@@ -44,6 +45,8 @@ def option(
         parse: converts the command-line string (e.g. a file of lines into a tuple).
         group: the --help section the flag is listed under.
         cli: False keeps the field out of the CLI (Python API only).
+        minimum: the smallest allowed value (a number field; None stays allowed when the field
+            is optional), checked by argparse and by `check_minimums` in `__post_init__`.
     """
     metadata = {
         "help": " ".join(help.split()),
@@ -53,6 +56,7 @@ def option(
         "parse": parse,
         "group": group,
         "cli": cli,
+        "minimum": minimum,
     }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
@@ -64,6 +68,31 @@ def lines_of_file(path: str) -> tuple[str, ...]:
     except OSError as error:
         raise argparse.ArgumentTypeError(f"cannot read {path}: {error.strerror}") from None
     return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def at_least(kind: type, minimum: int | float) -> Callable[[str], Any]:
+    """argparse type: a number of `kind` >= minimum, refused with one line at parse time."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def check_minimums(config: Any) -> None:
+    """Raise ValueError for a field below its `option(minimum=...)`."""
+    for spec in dataclasses.fields(config):
+        minimum = spec.metadata.get("minimum")
+        value = getattr(config, spec.name)
+        if minimum is not None and value is not None and value < minimum:
+            raise ValueError(f"{spec.name} must be >= {minimum}, got {value}")
 
 
 def field_help(cls: type, name: str) -> str:
@@ -154,6 +183,8 @@ def add_config_arguments(
             if _takes_list(kind):
                 options["nargs"] = "+"
             options["type"] = kind if kind in (int, float) else str
+            if meta["minimum"] is not None:
+                options["type"] = at_least(kind, meta["minimum"])
             if meta["choices"] is not None:
                 options["choices"] = meta["choices"]
         groups[name].add_argument(*flags, **options)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import HFValidationError
 
 from cd_fast.attention import ATTN_IMPLEMENTATION, register
 from cd_fast.formats import chat_prompt
@@ -67,12 +70,32 @@ def fetch_smollm2(cache_dir: str | Path | None = None) -> Path:
 def model_source(spec: str | Path) -> tuple[str | Path, dict[str, Any]]:
     """Where transformers reads a model from, and the from_pretrained options that go with it:
     a folder or hub id as is; a .gguf file as its folder plus `gguf_file`."""
-    path = Path(spec)
-    if path.suffix != ".gguf":
-        return spec, {}
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such .gguf file")
-    return path.parent, {"gguf_file": path.name}
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such .gguf file")
+        return path.parent, {"gguf_file": path.name}
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{path}: a model is a folder, a hub id or a .gguf file")
+        return path, {}
+    if str(spec).startswith(("/", ".", "~")) or str(spec).count("/") > 1:
+        raise FileNotFoundError(f"{spec}: no such model folder")
+    return spec, {}
+
+
+@contextlib.contextmanager
+def _loading(spec: str | Path) -> Iterator[None]:
+    """One clear line when transformers cannot find a model (it says 'repo id' or 'connect')."""
+    try:
+        yield
+    except (OSError, HFValidationError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"cannot load model {str(spec)!r}: no such local folder, and the Hugging Face hub "
+            f"could not provide it ({reason}): check the path or the hub id (and the network, "
+            "or HF_HUB_OFFLINE)"
+        ) from error
 
 
 def load_tokenizer(spec: str | Path) -> Any:
@@ -80,7 +103,8 @@ def load_tokenizer(spec: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     source, options = model_source(spec)
-    return AutoTokenizer.from_pretrained(source, **options)
+    with _loading(spec):
+        return AutoTokenizer.from_pretrained(source, **options)
 
 
 def load_model_config(spec: str | Path) -> Any:
@@ -88,7 +112,8 @@ def load_model_config(spec: str | Path) -> Any:
     from transformers import AutoConfig
 
     source, options = model_source(spec)
-    return AutoConfig.from_pretrained(source, **options)
+    with _loading(spec):
+        return AutoConfig.from_pretrained(source, **options)
 
 
 def load_causal_lm(
@@ -118,13 +143,14 @@ def load_causal_lm(
         )
     tokenizer = load_tokenizer(spec)
     attn_implementation = attn_implementation or register()
-    model = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        **options,
-        **load_options,
-    )
+    with _loading(spec):
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            **options,
+            **load_options,
+        )
     if attn_implementation == ATTN_IMPLEMENTATION:
         enable_packing(model)
     if "gguf_file" in options:

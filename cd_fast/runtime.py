@@ -1,16 +1,18 @@
-"""The process a stage runs in: torchrun rank info, device choice, warn-once logging, batching
-and record limits. Every stage imports these; none re-reads the environment itself."""
+"""The process a stage runs in: torchrun rank info, device choice, warn-once logging, batching,
+record limits and progress bars. Every stage imports these; none re-reads the environment itself."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
+from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -51,12 +53,27 @@ def triton_can_run(device: torch.device) -> bool:
 _warned: set[tuple[str, str]] = set()
 
 
-def warn_once(logger: logging.Logger, message: str, *args: object) -> None:
+def warn_once(
+    logger: logging.Logger, message: str, *args: object, level: int = logging.WARNING
+) -> None:
     """Log a warning the first time this logger sees this message (fallbacks, slow paths)."""
     key = (logger.name, message)
     if key not in _warned:
         _warned.add(key)
-        logger.warning(message, *args)
+        logger.log(level, message, *args)
+
+
+def kernel_fallback_once(logger: logging.Logger, device: torch.device, kernel: str) -> None:
+    """A Triton kernel runs its torch reference: expected on the CPU (info, once), a warning on
+    any other device."""
+    level = logging.INFO if device.type == "cpu" else logging.WARNING
+    warn_once(
+        logger,
+        "%s: Triton needs a CUDA device (or TRITON_INTERPRET=1); using the torch path on %s",
+        kernel,
+        device,
+        level=level,
+    )
 
 
 def batched(
@@ -100,3 +117,44 @@ def take(items: Iterable[T], limit: int | None) -> Iterator[T]:
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     yield from items if limit is None else itertools.islice(items, limit)
+
+
+PROGRESS_SECONDS = float(os.environ.get("CD_FAST_PROGRESS_SECONDS") or 30)
+"""Seconds between progress lines when stderr is not a terminal (a log file, a pipe)."""
+
+
+class _ProgressLines:
+    """tqdm's output when stderr is not a terminal: each refresh becomes one line of its own,
+    instead of carriage returns that pile up in a log."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(desc: str, total: int | None = None, unit: str = "record", **options: Any) -> tqdm:
+    """A bar counting units of work (records, steps; not bytes read). On a terminal it redraws;
+    else it prints one line every PROGRESS_SECONDS (CD_FAST_PROGRESS_SECONDS), and one at the
+    end of a run that printed any. `options` go to tqdm (initial, disable)."""
+    if sys.stderr.isatty():
+        return tqdm(
+            total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, **options
+        )
+    return tqdm(
+        total=total,
+        unit=unit,
+        desc=desc,
+        file=_ProgressLines(sys.stderr),
+        mininterval=PROGRESS_SECONDS,
+        maxinterval=PROGRESS_SECONDS,
+        delay=PROGRESS_SECONDS,  # a run shorter than that logs no progress, only its result
+        ncols=100,
+        **options,
+    )

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cd_fast.runtime import triton_can_run, warn_once
+from cd_fast.runtime import kernel_fallback_once, triton_can_run
 
 logger = logging.getLogger(__name__)
 
@@ -338,12 +338,7 @@ def causal_conv1d_varlen(
     if cu_seqlens is None:
         cu_seqlens = torch.tensor([0, x.shape[0]], dtype=torch.int32, device=x.device)
     if not triton_can_run(x.device):
-        warn_once(
-            logger,
-            "causal_conv1d_varlen: Triton needs a CUDA device (or TRITON_INTERPRET=1); using the "
-            "torch reference on %s",
-            x.device,
-        )
+        kernel_fallback_once(logger, x.device, "causal_conv1d_varlen")
         from cd_fast.kernels.reference import causal_conv1d_varlen_ref
 
         return causal_conv1d_varlen_ref(x, weight, bias, cu_seqlens, activation)

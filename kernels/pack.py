@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cd_fast.runtime import triton_can_run, warn_once
+from cd_fast.runtime import kernel_fallback_once, triton_can_run
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +141,7 @@ def pack_fwd(
     device = store.device
 
     if not triton_can_run(device):
-        warn_once(
-            logger,
-            "pack_sequences: Triton needs a CUDA device (or TRITON_INTERPRET=1); "
-            "using the torch reference on %s",
-            device,
-        )
+        kernel_fallback_once(logger, device, "pack_sequences")
         from cd_fast.kernels.reference import pack_from_store_ref
 
         return pack_from_store_ref(store, src_offsets, lengths, prompt_lengths)

@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cd_fast.runtime import triton_can_run, warn_once
+from cd_fast.runtime import kernel_fallback_once, triton_can_run
 
 logger = logging.getLogger(__name__)
 
@@ -343,12 +343,7 @@ def token_scores_split_fwd(
     entropy = _empty(tokens, hidden.device)
     use_triton = triton_can_run(hidden.device)
     if not use_triton:
-        warn_once(
-            logger,
-            "token_scores: Triton needs a CUDA device (or TRITON_INTERPRET=1); reducing with "
-            "torch on %s",
-            hidden.device,
-        )
+        kernel_fallback_once(logger, hidden.device, "token_scores")
     block_v = min(4096, triton.next_power_of_2(vocab))
     for start in range(0, tokens, chunk_size):
         end = min(start + chunk_size, tokens)

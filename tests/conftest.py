@@ -136,6 +136,81 @@ def smollm2_dir(smollm2, tmp_path_factory) -> Path:
     return out
 
 
+# ---- tiny random students with the real tokenizer (trainer, eval and reliability tests) ----
+
+# LoRA freezes the random head: a wider init gives its logits a range the adapters can use.
+TINY = {
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 16, "initializer_range": 0.3}),
+    "llama": ("LlamaConfig", {"initializer_range": 0.3}),
+    # Qwen3.5's hybrid: a Gated-DeltaNet layer (causal conv1d + gated delta rule) and attention
+    "qwen3_5": (
+        "Qwen3_5TextConfig",
+        {
+            "head_dim": 16,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,  # grouped values, as in the real models
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "layer_types": ["linear_attention", "full_attention"],
+            "initializer_range": 0.3,
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(smollm2_path, tmp_path_factory) -> Path:
+    """SmolLM2's real tokenizer (from the .gguf), saved as a tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name)
+    out = tmp_path_factory.mktemp("smollm2-tokenizer")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _make_tiny(kind: str, tokenizer_dir: Path, out: Path, tied: bool = True) -> Path:
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config_name, extra = TINY[kind]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = getattr(transformers, config_name)(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=tied,
+        max_position_embeddings=4096,
+        **extra,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_tiny():
+    """make_tiny(kind, tokenizer_dir, out, tied=True): save a tiny random model of a TINY kind."""
+    return _make_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tokenizer_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {kind: _make_tiny(kind, tokenizer_dir, root / kind) for kind in TINY}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `tiny_kind` runs once per tiny model kind."""
+    if "tiny_kind" in metafunc.fixturenames:
+        metafunc.parametrize("tiny_kind", sorted(TINY))
+
+
 # ---- what the compression tests share ----
 
 

@@ -113,8 +113,10 @@ def test_flags_parse_into_a_validated_config():
     assert config.extra == {"data": "x"}
     with pytest.raises(SystemExit):
         parser.parse_args(["-o", "run", "--optim", "sgd"])  # choices come from the metadata
-    with pytest.raises(ValueError, match="max_tokens_per_step must be > 0"):
-        config_from_args(TrainConfig, parser.parse_args(["-o", "r", "--max-tokens-per-step", "0"]))
+    with pytest.raises(SystemExit):  # option(minimum=1): refused when parsed
+        parser.parse_args(["-o", "r", "--max-tokens-per-step", "0"])
+    with pytest.raises(ValueError, match="max_tokens_per_step must be >= 1, got 0"):
+        TrainConfig(output_dir="r", max_tokens_per_step=0)  # and by the config itself
 
 
 def test_option_metadata_groups_and_file_lists(tmp_path):

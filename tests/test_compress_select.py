@@ -21,6 +21,19 @@ def test_join_spans_never_fuses_words_or_splits_characters():
     assert join_spans(text, [(6, 9), (0, 4), (2, 8)]) == "Wait, let"  # sorted and merged
 
 
+def test_join_spans_keeps_grapheme_clusters_whole_and_adds_no_spaces_to_cjk():
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # one emoji: man ZWJ woman ZWJ girl
+    text = f"家族{family}です。今日は晴れ。e\u0301te"
+    start = text.index(family)
+    # a token boundary inside the emoji keeps the whole emoji, never a lone ZWJ half
+    assert join_spans(text, [(0, 2), (start + 1, start + 3)]) == "家族" + family
+    # cuts in text written without spaces join without one
+    assert join_spans(text, [(0, 2), (text.index("今"), text.index("今") + 2)]) == "家族今日"
+    # a combining accent stays with its letter
+    accent = text.index("\u0301")
+    assert join_spans(text, [(accent, accent + 1)]) == "e\u0301"
+
+
 def test_answer_position_matches_whole_numbers_and_answers():
     assert answer_position("1,072 boxes, then 72.", "72") == 18
     assert answer_position("172 and 7.25", "72") is None

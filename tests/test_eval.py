@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from cd_fast.data import TraceReader
 from cd_fast.eval import EvalConfig, evaluate, grade, metrics
@@ -74,24 +73,9 @@ def test_metrics_and_baseline_ratios():
 
 
 @pytest.fixture(scope="module")
-def tiny_student(smollm2_path, tmp_path_factory) -> Path:
+def tiny_student(tiny_models) -> Path:
     """A random-init tiny Qwen2 with SmolLM2's real tokenizer and chat template."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name)
-    config = Qwen2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        vocab_size=len(tokenizer),
-    )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-student")
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return tiny_models["qwen2"]
 
 
 def gsm8k(shared_data, count):

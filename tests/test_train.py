@@ -32,66 +32,6 @@ TRACES = "qwen3-8b-thinking/qwen3-8b__think-on.jsonl"
 ITEMS = "qwen3-8b-thinking/items.json"
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-# LoRA freezes the random head: a wider init gives its logits a range the adapters can use.
-TINY = {
-    "qwen2": ("Qwen2Config", {}),
-    "qwen3": ("Qwen3Config", {"head_dim": 16, "initializer_range": 0.3}),
-    "llama": ("LlamaConfig", {"initializer_range": 0.3}),
-    # Qwen3.5's hybrid: a Gated-DeltaNet layer (causal conv1d + gated delta rule) and attention
-    "qwen3_5": (
-        "Qwen3_5TextConfig",
-        {
-            "head_dim": 16,
-            "linear_num_key_heads": 2,
-            "linear_num_value_heads": 4,  # grouped values, as in the real models
-            "linear_key_head_dim": 16,
-            "linear_value_head_dim": 16,
-            "layer_types": ["linear_attention", "full_attention"],
-            "initializer_range": 0.3,
-        },
-    ),
-}
-
-
-@pytest.fixture(scope="session")
-def tokenizer_dir(smollm2_path, tmp_path_factory) -> Path:
-    """SmolLM2's real tokenizer (from the .gguf), saved as a tokenizer folder."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name)
-    out = tmp_path_factory.mktemp("smollm2-tokenizer")
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def make_tiny(kind: str, tokenizer_dir: Path, out: Path, tied: bool = True) -> Path:
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    config_name, extra = TINY[kind]
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = getattr(transformers, config_name)(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=len(tokenizer),
-        tie_word_embeddings=tied,
-        max_position_embeddings=4096,
-        **extra,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tokenizer_dir, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {kind: make_tiny(kind, tokenizer_dir, root / kind) for kind in TINY}
-
 
 def traces(shared_data: Path, limit: int = 48) -> list:
     reader = TraceReader(shared_data / TRACES, prompts=shared_data / ITEMS)
@@ -150,9 +90,9 @@ def test_chunked_loss_frozen_head_and_all_ignored():
 # ---- packed training equals per-sequence training ----
 
 
-@pytest.mark.parametrize("kind", sorted(TINY))
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_packed_loss_and_grads_equal_per_sequence(kind, checkpointing, tiny_models, tmp_path):
+def test_packed_loss_and_grads_equal_per_sequence(tiny_kind, checkpointing, tiny_models, tmp_path):
+    kind = tiny_kind
     from transformers import AutoModelForCausalLM
 
     cfg = config(tmp_path, gradient_checkpointing=checkpointing)
@@ -374,7 +314,9 @@ def test_qlora_merged_export_reloads(tiny_models, shared_data, tmp_path):
 # ---- failures ----
 
 
-def test_nan_loss_stops_with_step_and_samples_or_is_skipped(tokenizer_dir, shared_data, tmp_path):
+def test_nan_loss_stops_with_step_and_samples_or_is_skipped(
+    make_tiny, tokenizer_dir, shared_data, tmp_path
+):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = make_tiny("llama", tokenizer_dir, tmp_path / "untied", tied=False)

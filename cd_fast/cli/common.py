@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
+from cd_fast.config import at_least
 from cd_fast.data import LAYOUTS, TraceReader, parse_fields
+from cd_fast.runs import run_manifest
 
 INPUT_HELP = """input layouts (detected on the first record, or --layout):
   trace             {"id","question","trace","answer","gold","meta"} (cd_fast's own records)
@@ -53,20 +52,9 @@ def add_input_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     )
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_limit_argument(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument(
-        "--limit", type=positive_int, metavar="N", help=f"{verb} only the first N records"
+        "--limit", type=at_least(int, 1), metavar="N", help=f"{verb} only the first N records"
     )
 
 
@@ -89,15 +77,58 @@ def open_reader(args: argparse.Namespace) -> TraceReader:
     )
 
 
-def progress_bar(reader: TraceReader, desc: str) -> tqdm:
-    return tqdm(
-        total=reader.progress_total or None,
-        unit=reader.progress_unit,
-        unit_scale=reader.progress_unit == "B",
-        desc=desc,
-        file=sys.stderr,
-        dynamic_ncols=True,
+def reader_options(args: argparse.Namespace) -> dict[str, object]:
+    """The reading options a run manifest records (they decide which records a run sees)."""
+    return {
+        "layout": args.layout,
+        "field": args.field,
+        "join": args.join,
+        "skip_invalid": args.skip_invalid,
+    }
+
+
+def record_total(reader: TraceReader, limit: int | None) -> int | None:
+    """How many records the run will read, when that is cheap to know: --limit, the lines of a
+    plain JSONL (counted at disk speed), a Parquet file's row count; else None."""
+    known = None
+    if reader.progress_unit == "rows":
+        known = reader.progress_total
+    elif reader.source.kind == "jsonl" and reader.progress_total:
+        known = 0
+        with reader.source.path.open("rb") as handle:
+            last = b"\n"
+            for block in iter(lambda: handle.read(16 << 20), b""):
+                known += block.count(b"\n")
+                last = block[-1:]
+            known += last != b"\n"
+    if limit is None:
+        return known
+    return limit if known is None else min(limit, known)
+
+
+def job_manifest(
+    command: str,
+    args: argparse.Namespace,
+    inputs: dict[str, Path | str | None] | None = None,
+    options: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """A job's run manifest (its input files, reading options, --limit and `options`), once the
+    output is known not to be one of the inputs."""
+    check_output_paths(args.output, args.input, args.prompts)
+    return run_manifest(
+        command,
+        {"input": args.input, "prompts": args.prompts, **(inputs or {})},
+        {**reader_options(args), "limit": args.limit, **(options or {})},
     )
+
+
+def check_output_paths(output: Path, *inputs: Path | None) -> None:
+    """Refuse an output that is one of the inputs (it would be replaced before it was read)."""
+    for path in inputs:
+        if path is not None and output.exists() and path.exists() and output.samefile(path):
+            raise ValueError(
+                f"{output}: the output is also an input ({path}): write to another path"
+            )
 
 
 def report_skips(reader: TraceReader, limit: int = 20) -> None:

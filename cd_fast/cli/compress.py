@@ -9,12 +9,15 @@ from pathlib import Path
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_job_arguments,
+    job_manifest,
     open_reader,
-    progress_bar,
+    record_total,
     report_skips,
 )
 from cd_fast.compress import CompressConfig, build_engine, compress_file
 from cd_fast.config import add_config_arguments, config_from_args
+from cd_fast.runtime import progress_bar
+from cd_fast.score.store import MANIFEST
 
 NAME = "compress"
 HELP = "compress traces: token/step pruning by importance, truncation, generative rewriting"
@@ -61,15 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(CompressConfig, args)
-    engine = build_engine(config)
     reader = open_reader(args)
-    bar = progress_bar(reader, f"compress ({args.method})")
-
-    def on_progress(_: int) -> None:
-        bar.n = reader.progress
-        bar.refresh()
-
-    try:
+    manifest = job_manifest(
+        "compress",
+        args,
+        {
+            "scores": Path(config.scores) / MANIFEST if config.scores else None,
+            "match_lengths": config.match_lengths,
+            "prompt": config.prompt,
+        },
+        config.result_options(),
+    )
+    engine = build_engine(config)
+    with progress_bar(f"compress ({args.method})", record_total(reader, args.limit)) as bar:
         summary = compress_file(
             reader,
             args.output,
@@ -77,10 +84,9 @@ def run(args: argparse.Namespace) -> int:
             engine,
             resume=args.resume,
             limit=args.limit,
-            on_progress=on_progress,
+            on_progress=lambda done: bar.update(done - bar.n),
+            manifest=manifest,
         )
-    finally:
-        bar.close()
     report_skips(reader)
     print_summary(summary, args.output)
     return 0
@@ -114,6 +120,12 @@ def print_summary(summary: dict, output: Path) -> None:
             f"{kept}/{answers} ({summary['records_expanded']} expanded, "
             f"{summary['records_original']} kept original)"
             if answers
+            else "-",
+        ),
+        (
+            "empty traces",
+            f"{summary['records_empty']} passed through unchanged (not in the ratios)"
+            if summary.get("records_empty")
             else "-",
         ),
         ("throughput", f"{summary['traces_per_s']} traces/s, {summary['tokens_per_s']} tokens/s"),

@@ -30,8 +30,19 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cd_fast.demo import SIZES
 
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("-o", "--output", type=Path, default=Path("cdfast-demo"))
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="tiny",
+        help="how large the generated world, the student and the runs are (tiny runs on a CPU)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("cdfast-demo"),
+        help="folder for the data, the runs and report.md",
+    )
     parser.add_argument("--traces", type=Path, help="use these traces instead of generated ones")
     parser.add_argument("--budget", type=float, default=0.5, help="fraction of tokens kept")
     parser.add_argument("--rewriter", help="also rewrite (level 2) with this local instruct model")

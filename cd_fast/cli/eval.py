@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from pathlib import Path
-
-from tqdm import tqdm
 
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_input_arguments,
     add_limit_argument,
+    job_manifest,
     open_reader,
-    progress_bar,
+    record_total,
     report_skips,
 )
 from cd_fast.config import add_config_arguments, config_from_args
 from cd_fast.eval import EvalConfig, compare_table, evaluate
-from cd_fast.runtime import take
+from cd_fast.eval.run import METRICS, PREDICTIONS, metrics_table
+from cd_fast.runtime import progress_bar, take
 
 NAME = "eval"
 HELP = "generate with the student, grade with math-verify, report accuracy and output length"
@@ -46,7 +44,9 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser, required=False)
-    parser.add_argument("-o", "--output", type=Path, help="run folder")
+    parser.add_argument(
+        "-o", "--output", type=Path, help="run folder: predictions.jsonl, metrics.json, run.json"
+    )
     add_limit_argument(parser, "evaluate")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--baseline", type=Path, help="an earlier run folder to compare with")
@@ -64,23 +64,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"missing {', '.join(missing)} (or use --compare RUN...)")
     config = config_from_args(EvalConfig, args)
     reader = open_reader(args)
-    if args.limit is None:
-        bar = progress_bar(reader, "eval")
-    else:  # a known number of records: count them, not bytes of the file
-        bar = tqdm(total=args.limit, unit="record", desc="eval", file=sys.stderr)
-
-    def records():
-        for index, record in enumerate(take(reader, args.limit)):
-            bar.n = reader.progress if args.limit is None else index + 1
-            bar.refresh()
-            yield record
-
-    try:
+    manifest = job_manifest("eval", args)
+    with progress_bar("eval", record_total(reader, args.limit)) as bar:
         result = evaluate(
-            records(), args.output, config, resume=args.resume, baseline=args.baseline
+            take(reader, args.limit),
+            args.output,
+            config,
+            resume=args.resume,
+            baseline=args.baseline,
+            on_progress=bar.update,
+            manifest=manifest,
         )
-    finally:
-        bar.close()
     report_skips(reader)
-    print(json.dumps(result, indent=1))
+    print(metrics_table(result))
+    print(f"output  {args.output} ({PREDICTIONS}, {METRICS})")
     return 0

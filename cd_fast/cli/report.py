@@ -19,8 +19,16 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
-    parser.add_argument("-o", "--output", type=Path, default=Path("report.md"))
+    parser.add_argument(
+        "runs",
+        type=Path,
+        nargs="+",
+        metavar="RUN_DIR",
+        help="demo output folders (each holds demo.json)",
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("report.md"), help="the markdown report to write"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

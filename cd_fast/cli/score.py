@@ -7,11 +7,13 @@ import argparse
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_job_arguments,
+    job_manifest,
     open_reader,
-    progress_bar,
+    record_total,
     report_skips,
 )
 from cd_fast.config import add_config_arguments, config_from_args
+from cd_fast.runtime import progress_bar
 from cd_fast.score import ScoreConfig, score_file
 
 NAME = "score"
@@ -45,14 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(ScoreConfig, args)
     reader = open_reader(args)
-    with progress_bar(reader, "score") as bar:
+    manifest = job_manifest("score", args)
+    with progress_bar("score", record_total(reader, args.limit)) as bar:
         scorer = score_file(
             reader,
             args.output,
             config,
             resume=args.resume,
-            on_progress=lambda _: bar.update(reader.progress - bar.n),
+            on_progress=bar.update,
             limit=args.limit,
+            manifest=manifest,
         )
     stats = scorer.stats
     rate = stats.input_tokens / max(stats.seconds, 1e-9)

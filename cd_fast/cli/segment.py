@@ -9,13 +9,14 @@ from pathlib import Path
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_input_arguments,
+    check_output_paths,
     open_reader,
-    progress_bar,
+    record_total,
     report_skips,
 )
-from cd_fast.config import add_config_arguments, config_from_args
+from cd_fast.config import add_config_arguments, at_least, config_from_args
 from cd_fast.data import AtomicWriter, Trace, dumps_record
-from cd_fast.runtime import batched
+from cd_fast.runtime import batched, progress_bar
 from cd_fast.segment import SegmentConfig, segment_steps
 
 NAME = "segment"
@@ -41,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
     parser.add_argument("-o", "--output", type=Path, required=True, help="output .jsonl")
     parser.add_argument(
-        "--threads", type=int, default=0, help="segmenter threads (0 = every available CPU)"
+        "--threads",
+        type=at_least(int, 0),
+        default=0,
+        help="segmenter threads (0 = every available CPU)",
     )
     add_config_arguments(parser, SegmentConfig, title="segmentation rules (SegmentConfig)")
 
@@ -51,15 +55,15 @@ def _chars(trace: Trace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
     config = config_from_args(SegmentConfig, args)
     reader = open_reader(args)
+    check_output_paths(args.output, args.input, args.prompts)
     steps_total = text_bytes = 0
     segment_seconds = 0.0
     started = time.perf_counter()
 
-    with AtomicWriter(args.output) as out, progress_bar(reader, "segment") as bar:
+    bar = progress_bar("segment", record_total(reader, None))
+    with AtomicWriter(args.output) as out, bar:
         for batch in batched(reader, BATCH_RECORDS, cost=_chars, max_cost=BATCH_CHARS):
             texts = [trace.trace for trace in batch]
             tic = time.perf_counter()
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 out.write(dumps_record(trace))
                 out.write("\n")
             text_bytes += sum(len(text.encode("utf-8")) for text in texts)
-            bar.update(reader.progress - bar.n)
+            bar.update(reader.records_read - bar.n)
 
     wall = time.perf_counter() - started
     records = reader.records

@@ -6,12 +6,15 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_input_arguments,
     add_limit_argument,
+    check_output_paths,
     open_reader,
+    reader_options,
     report_skips,
 )
 from cd_fast.config import add_config_arguments, config_from_args
@@ -63,9 +66,15 @@ def run(args: argparse.Namespace) -> int:
     from cd_fast.train.trainer import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    data = {"data": str(args.input), "prompts": str(args.prompts) if args.prompts else None}
+    data = {
+        "data": str(args.input),
+        "prompts": str(args.prompts) if args.prompts else None,
+        **reader_options(args),
+        "limit": args.limit,
+    }
     config = config_from_args(TrainConfig, args, extra=data)
     reader = open_reader(args)
+    check_output_paths(Path(config.output_dir), args.input, args.prompts)
     trainer = Trainer(args.model, take(reader, args.limit), config).setup()
     report_skips(reader)
     result = trainer.train()

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cd_fast.compress.methods import METHODS
-from cd_fast.config import option
+from cd_fast.config import check_minimums, option
 from cd_fast.formats import DEFAULT_TARGET_TEMPLATE, check_target_template
 
 CRITERIA = tuple(dict.fromkeys(c for method in METHODS.values() for c in method.criteria))
@@ -32,6 +32,7 @@ class CompressConfig:
     )
     target_tokens: int | None = option(
         None,
+        minimum=1,
         group=KEEP,
         help="Keep at most this many tokens per trace instead of a fraction.",
     )
@@ -125,20 +126,25 @@ class CompressConfig:
         group=REWRITE,
         help="rewrite, http: bearer token (default: $OPENAI_API_KEY when set).",
     )
-    concurrency: int = option(8, group=REWRITE, help="rewrite, http: requests in flight.")
+    concurrency: int = option(
+        8, minimum=1, group=REWRITE, help="rewrite, http: requests in flight."
+    )
     timeout: float = option(300.0, group=REWRITE, help="rewrite, http: seconds per request.")
     retries: int = option(
         4,
+        minimum=0,
         group=REWRITE,
         help="rewrite, http: attempts after the first, with exponential backoff.",
     )
     max_new_tokens: int | None = option(
         None,
+        minimum=1,
         group=REWRITE,
         help="rewrite: generation cap (default: 1.5x the trace's token budget, at least 64).",
     )
     batch_size: int = option(
         64,
+        minimum=1,
         group=MODELS,
         help="Records per batch: scored together, budgeted together (a larger batch holds the "
         "dataset-level ratio more tightly), written together (the unit of resume).",
@@ -150,7 +156,7 @@ class CompressConfig:
         "here and answer-delta condition each trace on it.",
     )
     generation_batch_size: int = option(
-        8, group=MODELS, help="rewrite, local: sequences per generate() call."
+        8, minimum=1, group=MODELS, help="rewrite, local: sequences per generate() call."
     )
     match_lengths: str | None = option(
         None,
@@ -169,10 +175,12 @@ class CompressConfig:
             raise ValueError(f"--criterion for {self.method} must be one of {allowed}")
         if not allowed and self.criterion is not None:
             raise ValueError(f"--criterion does not apply to method {self.method}")
-        if self.target_tokens is not None:
-            if self.target_tokens <= 0:
-                raise ValueError("target_tokens must be > 0")
-        elif self.match_lengths is None and not (self.budget and 0 < self.budget <= 1):
+        check_minimums(self)
+        if (
+            self.target_tokens is None
+            and self.match_lengths is None
+            and not (self.budget and 0 < self.budget <= 1)
+        ):
             raise ValueError(f"budget must be in (0, 1], got {self.budget}")
         if self.match_lengths is not None and self.method != "truncate":
             raise ValueError("match_lengths applies to method truncate")
@@ -182,10 +190,8 @@ class CompressConfig:
             raise ValueError(f"level must be 1, 2 or 3, got {self.level}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}")
-        if min(self.concurrency, self.batch_size, self.generation_batch_size) < 1:
-            raise ValueError("concurrency and the batch sizes must be >= 1")
-        if self.retries < 0 or self.timeout <= 0:
-            raise ValueError("retries must be >= 0 and timeout > 0")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0")
         check_target_template(self.target_template)
 
     @property
@@ -204,3 +210,9 @@ class CompressConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def result_options(self) -> dict[str, Any]:
+        """The fields that decide what a run writes (its manifest's options): not the device,
+        the HTTP client's concurrency, timeout and retries, nor the API key."""
+        run_only = ("device", "api_key", "concurrency", "timeout", "retries")
+        return {k: v for k, v in self.to_dict().items() if k not in run_only}

@@ -1,13 +1,19 @@
 """`cdfast compress` as a resumable job, and the `compress()` Python API.
 
-While running, OUT.partial holds the compressed records and OUT.state.jsonl one accounting line
-per finished record (written after its record). A killed run resumes from those: records in the
-state file are done; partial lines without a state line are dropped and redone. On success the
+While running, OUT.partial holds the compressed records and OUT.state.jsonl the run's manifest
+(first line), then one line per finished batch, written after the batch's records: its
+accounting rows, how many input records are done, where OUT.partial ends, the compressor's state.
+A killed run resumes from the last whole state line: OUT.partial is cut back to the length that
+line names and the next batch starts where it left off, so batches (and the budget carried
+between them) are those of a straight run. OUT.lock keeps a second writer out. On success the
 partial file is renamed to OUT and the summary goes to OUT.summary.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import itertools
 import json
 import os
 import time
@@ -21,7 +27,10 @@ import numpy as np
 from cd_fast.compress.config import CompressConfig
 from cd_fast.compress.engine import Compressor, RecordResult
 from cd_fast.data import AtomicWriter, Trace, TraceReader, dumps_record
+from cd_fast.runs import RunLock, check_same_run, run_manifest
 from cd_fast.runtime import batched, take
+
+STATE_SUFFIX = ".state.jsonl"
 
 STATE_FIELDS = (
     "id",
@@ -45,7 +54,7 @@ class CompressResult:
 
 def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: CompressConfig):
     """Dataset-level accounting from the per-record state rows."""
-    kept = [r for r in rows if r["action"] != "dropped"]
+    kept = [r for r in rows if r["action"] not in ("dropped", "empty")]
     ratios = np.array([r["tokens_after"] / max(r["tokens_before"], 1) for r in kept])
     before = sum(r["tokens_before"] for r in rows)
     before_kept = sum(r["tokens_before"] for r in kept)
@@ -55,7 +64,7 @@ def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: Com
     with_answer = [r for r in rows if r["answer_in_original"]]
     actions = {
         a: sum(r["action"] == a for r in rows)
-        for a in ("compressed", "expanded", "original", "dropped")
+        for a in ("compressed", "expanded", "original", "dropped", "empty")
     }
     total_seconds = sum(seconds.values())
     percentiles = np.percentile(ratios, [10, 50, 90]) if len(ratios) else [0.0] * 3
@@ -63,7 +72,7 @@ def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: Com
         **config.describe(),
         "adaptive": config.adaptive,
         "records": len(rows),
-        "records_out": len(kept),
+        "records_out": len(kept) + actions["empty"],
         "tokens_before": before,
         "tokens_after": after,
         "ratio_tokens": round(after / max(before_kept, 1), 4),
@@ -87,6 +96,38 @@ def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: Com
 def _state_row(result: RecordResult) -> dict[str, Any]:
     row = asdict(result)
     return {k: row[k] for k in STATE_FIELDS}
+
+
+def _is_empty(trace: Trace) -> bool:
+    return not trace.trace.strip()
+
+
+def _compress_batch(engine: Compressor, batch: list[Trace]) -> list[RecordResult]:
+    """The engine's results in input order; an empty trace passes through unchanged (action
+    "empty", left out of the ratios) instead of counting as compressed to nothing."""
+    texts = [t for t in batch if not _is_empty(t)]
+    results = iter(engine(texts) if texts else [])
+    out = []
+    for trace in batch:
+        if not _is_empty(trace):
+            out.append(next(results))
+            continue
+        meta = {**trace.meta, "compression": {**engine.config.describe(), "action": "empty"}}
+        out.append(
+            RecordResult(
+                id=trace.id,
+                trace=dataclasses.replace(trace, meta=meta, steps=None),
+                tokens_before=0,
+                tokens_after=0,
+                chars_before=len(trace.trace),
+                chars_after=len(trace.trace),
+                answer_in_original=False,
+                answer_kept=None,
+                action="empty",
+                kept_steps=None,
+            )
+        )
+    return out
 
 
 def compress(
@@ -123,31 +164,69 @@ def compress(
     out: list[Trace] = []
     rows: list[dict[str, Any]] = []
     for batch in batched(traces, config.batch_size):
-        for result in engine(batch):
+        for result in _compress_batch(engine, batch):
             rows.append(_state_row(result))
             if result.trace is not None:
                 out.append(result.trace)
     return CompressResult(out, summarize(rows, engine.seconds, config))
 
 
-def _read_progress(partial: Path, state: Path) -> list[dict[str, Any]]:
-    """Finished rows from the state file, and repair both files to the last whole record."""
-    rows: list[dict[str, Any]] = []
-    if state.is_file():
-        for line in state.read_text(encoding="utf-8").splitlines(keepends=True):
-            if line.endswith("\n"):
-                rows.append(json.loads(line))
-    done = {r["id"] for r in rows}
-    kept_lines = []
-    if partial.is_file():
-        for line in partial.read_text(encoding="utf-8").splitlines(keepends=True):
-            if line.endswith("\n") and json.loads(line)["id"] in done:
-                kept_lines.append(line)
-    with AtomicWriter(partial) as handle:
-        handle.writelines(kept_lines)
-    with AtomicWriter(state) as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in rows)
-    return rows
+def _job_files(output: Path) -> tuple[Path, Path, Path]:
+    """OUT.partial, OUT.state.jsonl, OUT.summary.json."""
+    return tuple(  # type: ignore[return-value]
+        output.with_name(output.name + suffix)
+        for suffix in (".partial", STATE_SUFFIX, ".summary.json")
+    )
+
+
+@dataclass
+class _Progress:
+    """What the committed lines of a state file say: the batches' rows, the input records they
+    consumed, the length of the output they wrote and the compressor's state after them."""
+
+    rows: list[dict[str, Any]]
+    records_done: int = 0
+    output_bytes: int = 0
+    compressor: dict[str, Any] | None = None
+    input_chain: str = ""  # hash chain over the batches of input records consumed
+    state_bytes: int = 0  # where the last whole line of the state file ends
+
+
+def _read_state(state: Path) -> tuple[dict[str, Any] | None, _Progress]:
+    """The manifest line and the committed batches; a line cut short by a kill is ignored."""
+    progress = _Progress(rows=[])
+    manifest = None
+    if not state.is_file():
+        return manifest, progress
+    offset = 0
+    with state.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith(b"\n"):
+                break  # written in part when the run died: that batch is redone
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                raise ValueError(
+                    f"{state}:{number}: not a compress state line; the file was edited or "
+                    "damaged: remove it and its .partial to start over"
+                ) from None
+            offset += len(line)
+            if number == 1:
+                manifest = entry.get("manifest")
+                if manifest is None:
+                    raise ValueError(
+                        f"{state}: written by an older cd_fast (no run manifest); "
+                        "compress again into a new output"
+                    )
+                progress.state_bytes = offset
+                continue
+            progress.rows += entry["rows"]
+            progress.records_done = entry["records_done"]
+            progress.output_bytes = entry["output_bytes"]
+            progress.compressor = entry["compressor"]
+            progress.input_chain = entry["input_chain"]
+            progress.state_bytes = offset
+    return manifest, progress
 
 
 def compress_file(
@@ -158,48 +237,114 @@ def compress_file(
     resume: bool = False,
     limit: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compress every record into `output` (JSONL), resumably; returns the summary."""
-    partial = output.with_name(output.name + ".partial")
-    state = output.with_name(output.name + ".state.jsonl")
-    summary_path = output.with_name(output.name + ".summary.json")
-    if (partial.exists() or state.exists()) and not resume:
-        raise ValueError(f"{partial} exists (an interrupted run): pass --resume to continue it")
-    if output.exists() and not resume:
-        raise ValueError(f"{output} exists; choose another output or remove it")
-    if resume and output.exists() and not partial.exists() and summary_path.exists():
-        return json.loads(summary_path.read_text())  # finished earlier
-    output.parent.mkdir(parents=True, exist_ok=True)
-    rows = _read_progress(partial, state) if resume else []
-    done = {r["id"] for r in rows}
-    if rows:  # the budget carry, so a resumed run equals a straight one
-        if "compressor" not in rows[-1]:
+    """Compress every record into `output` (JSONL), resumably; returns the summary.
+
+    `manifest` (cd_fast.runs.run_manifest) identifies the run: --resume under another one is
+    refused. `on_progress(n)` is called with the number of input records done."""
+    partial, state, summary_path = _job_files(output)
+    manifest = manifest or run_manifest("compress", {}, {**config.result_options(), "limit": limit})
+    with RunLock(output.with_name(output.name + ".lock"), str(output)):
+        saved, progress = _read_state(state)
+        if saved is not None and not progress.rows:
+            saved = None  # a run that stopped before finishing a batch: nothing to keep
+        elif saved is not None and not resume:
             raise ValueError(
-                f"{state}: written by an older cd_fast without the compressor's state; "
-                "compress again into a new output"
+                f"{partial} holds {progress.records_done} records of an interrupted run: pass "
+                "--resume to continue it, or remove it and its .state.jsonl to start over"
             )
-        engine.load_state_dict(rows[-1]["compressor"])
+        if output.exists() and not resume:
+            raise ValueError(f"{output} exists: choose another output, or remove it")
+        if resume and output.exists() and saved is None and summary_path.exists():
+            return json.loads(summary_path.read_text())  # finished earlier
+        records = iter(take(reader, limit))
+        if saved is not None:
+            # the input may differ (a bad line fixed) if the records already done do not
+            check_same_run(saved, manifest, state, skip_inputs=("input",))
+            consumed = itertools.islice(records, progress.records_done)
+            if _input_chain(batched(consumed, config.batch_size)) != progress.input_chain:
+                raise ValueError(
+                    f"{state}: the first {progress.records_done} input records differ from those "
+                    "the interrupted run compressed: resume with its input, or start a new output"
+                )
+            if not partial.is_file() or partial.stat().st_size < progress.output_bytes:
+                raise ValueError(
+                    f"{partial} is shorter than its state file says ({progress.output_bytes} "
+                    "bytes): it was edited or damaged; remove both to start over"
+                )
+            os.truncate(partial, progress.output_bytes)  # drop records of an unfinished batch
+            os.truncate(state, progress.state_bytes)
+            if progress.compressor is not None:
+                engine.load_state_dict(progress.compressor)
+        else:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            with AtomicWriter(state) as handle:
+                handle.write(json.dumps({"manifest": manifest}) + "\n")
+            with AtomicWriter(partial) as handle:
+                pass
+        try:
+            return _run(records, output, config, engine, progress, on_progress)
+        except BaseException:
+            if saved is None and _read_state(state)[1].records_done == 0:
+                partial.unlink(missing_ok=True)  # nothing committed: leave the folder clean
+                state.unlink(missing_ok=True)
+            raise
+
+
+def _chain(previous: str, batch: list[Trace]) -> str:
+    digest = hashlib.sha256(previous.encode())
+    for trace in batch:
+        digest.update(dumps_record(trace).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _input_chain(batches: Iterable[list[Trace]]) -> str:
+    chain = ""
+    for batch in batches:
+        chain = _chain(chain, batch)
+    return chain
+
+
+def _run(
+    records: Iterator[Trace],
+    output: Path,
+    config: CompressConfig,
+    engine: Compressor,
+    progress: _Progress,
+    on_progress: Callable[[int], None] | None,
+) -> dict[str, Any]:
+    """Compress the records after `progress`, committing each batch: its records to .partial,
+    then one state line that says where .partial ends (a kill at any byte resumes exactly)."""
+    partial, state, summary_path = _job_files(output)
+    rows, done, written = progress.rows, progress.records_done, progress.output_bytes
+    chain = progress.input_chain
     started = time.perf_counter()
-
-    def pending() -> Iterator[Trace]:
-        for index, record in enumerate(take(reader, limit)):
-            if on_progress is not None:
-                on_progress(index)
-            if record.id not in done:
-                yield record
-
-    with partial.open("a", encoding="utf-8") as records_out, state.open("a") as state_out:
-        for batch in batched(pending(), config.batch_size):
-            results = engine(batch)
-            records_out.writelines(dumps_record(r.trace) + "\n" for r in results if r.trace)
+    if on_progress is not None:
+        on_progress(done)
+    with partial.open("ab") as records_out, state.open("ab") as state_out:
+        for batch in batched(records, config.batch_size):
+            results = _compress_batch(engine, batch)
+            lines = "".join(dumps_record(r.trace) + "\n" for r in results if r.trace)
+            written += records_out.write(lines.encode("utf-8"))
             records_out.flush()
             os.fsync(records_out.fileno())
-            for result in results:
-                row = {**_state_row(result), "compressor": engine.state_dict()}
-                rows.append(row)
-                state_out.write(json.dumps(row) + "\n")
+            batch_rows = [_state_row(result) for result in results]
+            rows += batch_rows
+            done += len(batch)
+            chain = _chain(chain, batch)
+            line = {
+                "rows": batch_rows,
+                "records_done": done,
+                "output_bytes": written,
+                "input_chain": chain,
+                "compressor": engine.state_dict(),
+            }
+            state_out.write((json.dumps(line) + "\n").encode("utf-8"))
             state_out.flush()
             os.fsync(state_out.fileno())
+            if on_progress is not None:
+                on_progress(done)
     seconds = dict(engine.seconds)
     seconds["other"] = max(0.0, time.perf_counter() - started - sum(engine.seconds.values()))
     summary = summarize(rows, seconds, config)

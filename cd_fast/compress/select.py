@@ -3,10 +3,13 @@ trace, and turning kept character spans back into clean text."""
 
 from __future__ import annotations
 
+import bisect
 import re
 
 import numpy as np
+import regex
 
+_GRAPHEME = regex.compile(r"\X")
 _NUMERIC = re.compile(r"^-?[\d,]*\.?\d+(?:/\d+)?$")
 
 
@@ -21,20 +24,38 @@ def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in merged]
 
 
+def grapheme_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`spans` widened to whole grapheme clusters (an emoji ZWJ sequence, a letter with its
+    combining marks, a flag), so a kept token never carries half of what a reader sees as one
+    character."""
+    if text.isascii():
+        return spans
+    bounds = [match.start() for match in _GRAPHEME.finditer(text)] + [len(text)]
+    return [
+        (bounds[bisect.bisect_right(bounds, start) - 1], bounds[bisect.bisect_left(bounds, end)])
+        for start, end in spans
+    ]
+
+
 def join_spans(text: str, spans: list[tuple[int, int]]) -> str:
-    """The kept character spans of `text`, in order. Where text was cut out between two spans, a
-    newline stands in if the cut held one, a space if neither side has whitespace (so words
-    never fuse), nothing otherwise. Slicing by characters never splits a unicode character."""
+    """The kept character spans of `text` (widened to whole grapheme clusters), in order. Where
+    text was cut out between two spans, a newline stands in if the cut held one, a space if the
+    cut held whitespace and neither side has any (so words never fuse), nothing otherwise (text
+    written without spaces, such as Chinese or Japanese, never gains one)."""
     pieces: list[str] = []
     previous_end = None
-    for start, end in merge_spans(spans):
+    for start, end in merge_spans(grapheme_spans(text, spans)):
         piece = text[start:end]
         if previous_end is not None and start > previous_end:
             gap = text[previous_end:start]
             if "\n" in gap:
                 pieces.append("\n")
                 piece = piece.lstrip(" \t")
-            elif not (text[previous_end - 1].isspace() or text[start].isspace()):
+            elif (
+                any(c.isspace() for c in gap)
+                and not text[previous_end - 1].isspace()
+                and not text[start].isspace()
+            ):
                 pieces.append(" ")
         pieces.append(piece)
         previous_end = end

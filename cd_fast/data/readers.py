@@ -16,10 +16,12 @@ Layouts recognised on the first record (explicit ``fields`` override any of them
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,23 +288,39 @@ class _RawSource:
             yield from self._parquet()
 
     def _jsonl(self) -> Iterator[tuple[str, int, Any]]:
-        opener = gzip.open if self.path.suffix.lower() == ".gz" else open
-        with opener(self.path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                self.progress += len(line)
-                if not line.strip():
-                    continue
-                location = f"line {number}"
-                try:
-                    yield location, number, json.loads(line.decode("utf-8"))
-                except UnicodeDecodeError as error:
-                    yield location, number, DataError(self.name, location, f"not UTF-8 ({error})")
-                except json.JSONDecodeError as error:
-                    yield location, number, DataError(self.name, location, f"invalid JSON: {error}")
+        gzipped = self.path.suffix.lower() == ".gz"
+        opener = gzip.open if gzipped else open
+        number = 0
+        try:
+            with opener(self.path, "rb") as handle:
+                for number, line in enumerate(handle, start=1):
+                    yield from self._jsonl_line(number, line)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+            where = f"line {number + 1}" if number else ""
+            raise DataError(
+                self.name,
+                where,
+                f"corrupt or truncated gzip data ({error}): re-create or re-download the file, "
+                "or decompress what is readable with `gzip -dc` and pass the .jsonl",
+            ) from None
+
+    def _jsonl_line(self, number: int, line: bytes) -> Iterator[tuple[str, int, Any]]:
+        self.progress += len(line)
+        if number == 1:
+            line = line.removeprefix(codecs.BOM_UTF8)
+        if not line.strip():
+            return
+        location = f"line {number}"
+        try:
+            yield location, number, json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            yield location, number, DataError(self.name, location, f"not UTF-8 ({error})")
+        except json.JSONDecodeError as error:
+            yield location, number, DataError(self.name, location, f"invalid JSON: {error}")
 
     def _json(self) -> Iterator[tuple[str, int, Any]]:
         try:
-            data = json.loads(self.path.read_bytes().decode("utf-8"))
+            data = json.loads(self.path.read_bytes().decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise DataError(self.name, "", f"invalid JSON file: {error}") from error
         if not isinstance(data, list):
@@ -391,9 +409,15 @@ class TraceReader:
     def progress_unit(self) -> str:
         return self.source.progress_unit
 
+    @property
+    def records_read(self) -> int:
+        """Records read so far, valid or skipped."""
+        return self.records + len(self.skipped)
+
     def __iter__(self) -> Iterator[Trace]:
         prompts: _PromptIndex | None = None
         trace_key = None
+        first_seen: dict[str, str] = {}
         for location, number, raw in self.source:
             try:
                 if isinstance(raw, DataError):
@@ -405,6 +429,16 @@ class TraceReader:
                 if self._converter is None:
                     self._converter = self._make_converter(raw, location)
                 trace = self._converter(raw, location, number)
+                if trace.id in first_seen:
+                    raise DataError(
+                        self.source.name,
+                        location,
+                        f"duplicate id {trace.id!r} (first at {first_seen[trace.id]}): give each "
+                        "record its own id, map another field with --field id=KEY, or "
+                        "--skip-invalid",
+                        "id",
+                    )
+                first_seen[trace.id] = location
             except DataError as error:
                 if not self.skip_invalid:
                     raise
@@ -412,6 +446,9 @@ class TraceReader:
                 continue
             self.records += 1
             yield trace
+        if not self.records:
+            why = f"all {len(self.skipped)} records are invalid" if self.skipped else "no records"
+            raise DataError(self.source.name, "", f"{why}: nothing to do; check the file")
 
     def _open_prompts(self, first: dict[str, Any], location: str) -> tuple[str, _PromptIndex]:
         assert self._prompts_path is not None

@@ -25,7 +25,10 @@ class AtomicWriter:
 
     def __enter__(self) -> IO[Any]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        except OSError as error:  # name the output, not the temp file it could not create
+            raise OSError(error.errno, error.strerror, str(self.path)) from None
         encoding = None if "b" in self.mode else "utf-8"
         self._handle = os.fdopen(fd, self.mode, encoding=encoding)
         return self._handle

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ def _train(
 
     config = TrainConfig(
         output_dir=str(out / f"train-{name}"),
+        overwrite_output_dir=True,  # a demo rerun into the same folder starts over
         learning_rate=size.learning_rate,
         num_train_epochs=size.epochs,
         warmup_ratio=0.05,
@@ -195,6 +197,7 @@ def run_demo(
         student = EvalConfig(
             model=row["model"], max_new_tokens=size.max_new_tokens, batch_size=64, device=device
         )
+        shutil.rmtree(out / f"eval-{name}", ignore_errors=True)  # a rerun starts over
         metrics = evaluate(evaluation, out / f"eval-{name}", student, baseline=baseline)
         keys = ("accuracy", "mean_output_tokens", "accuracy_per_1k_tokens", "truncation_rate")
         row.update({k: metrics[k] for k in keys})

@@ -20,14 +20,16 @@ from typing import Any
 
 import torch
 
-from cd_fast.config import option
+from cd_fast.config import check_minimums, option
 from cd_fast.data import AtomicWriter, Trace
 from cd_fast.eval.grade import grade
+from cd_fast.runs import RunLock, check_same_run, run_manifest
 from cd_fast.runtime import batched
 
 BACKENDS = ("transformers", "vllm")
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
+RUN_MANIFEST = "run.json"
 
 
 @dataclass
@@ -37,9 +39,10 @@ class EvalConfig:
     model: str = option(help="The student: folder, hub id or .gguf file.")
     max_new_tokens: int = option(
         1024,
+        minimum=1,
         help="Generation cap; a response that reaches it without stopping counts as truncated.",
     )
-    batch_size: int = option(16, help="Questions generated together.")
+    batch_size: int = option(16, minimum=1, help="Questions generated together.")
     stop: tuple[str, ...] = option((), help="Extra stop strings (EOS always stops).")
     device: str | None = option(None, help="cuda or cpu (default: cuda when available).")
     backend: str = option(
@@ -55,11 +58,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("EvalConfig.model: name the student (folder, hub id or .gguf)")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens} and "
-                f"{self.batch_size}"
-            )
+        check_minimums(self)
 
 
 class TransformersGenerator:
@@ -136,6 +135,26 @@ def metrics(predictions: list[dict[str, Any]], baseline: dict[str, Any] | None =
     return out
 
 
+def metrics_table(result: dict[str, Any]) -> str:
+    """A finished run's metrics as aligned rows (what `cdfast eval` prints)."""
+    correct = round(result["accuracy"] * result["records"])
+    rows = [
+        ("model", result["model"]),
+        ("accuracy", f"{result['accuracy']:.4f} ({correct}/{result['records']})"),
+        (
+            "output tokens",
+            f"mean {result['mean_output_tokens']}, median {result['median_output_tokens']} "
+            f"(cap {result['max_new_tokens']}; truncated {result['truncation_rate']:.1%})",
+        ),
+        ("accuracy / 1k tokens", str(result["accuracy_per_1k_tokens"])),
+    ]
+    for key, value in (result.get("vs_baseline") or {}).items():
+        rows.append((key.replace("_", " "), "-" if value is None else str(value)))
+    rows.append(("time (s)", str(result["seconds"])))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
 def evaluate(
     traces: Iterable[Trace],
     run_dir: Path,
@@ -144,32 +163,74 @@ def evaluate(
     baseline: Path | None = None,
     generator: Callable[[list[str]], list[tuple[str, int, bool]]] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Generate, grade and score every question into `run_dir`; returns the metrics."""
-    path = run_dir / PREDICTIONS
-    if path.exists() and not resume:
-        raise ValueError(f"{run_dir} already holds predictions: pass --resume or a new folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    done: list[dict[str, Any]] = []
-    if path.exists():
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        done = [json.loads(x) for x in lines if x.endswith("\n")]
-        with AtomicWriter(path) as handle:  # drop a line cut short by a kill
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
-    finished = {r["id"] for r in done}
-    base = json.loads((Path(baseline) / METRICS).read_text()) if baseline else None
-    if base is not None and "accuracy" not in base:
-        raise ValueError(f"{baseline}/{METRICS} is not a `cdfast eval` metrics file")
+    """Generate, grade and score every question into `run_dir`; returns the metrics.
+
+    `manifest` (cd_fast.runs.run_manifest) names the inputs and reading options; --resume
+    under another one is refused."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is a file: eval writes a run folder; choose another -o")
+    base = read_metrics(Path(baseline)) if baseline else None
+    manifest = manifest or run_manifest("eval", {}, {})
+    manifest = {**manifest, "options": {**manifest["options"], **_result_options(config)}}
+    # the model loads (or is refused) before the run folder exists
     generate = generator or (
         VLLMGenerator(config) if config.backend == "vllm" else TransformersGenerator(config)
     )
+    with RunLock(run_dir / ".lock", str(run_dir)):
+        done = _resume_predictions(run_dir, manifest, resume)
+        return _evaluate(traces, run_dir, config, done, base, generate, on_progress)
+
+
+def _result_options(config: EvalConfig) -> dict[str, Any]:
+    """The EvalConfig fields that decide the predictions (not the device or batch size)."""
+    return {"model": config.model, "max_new_tokens": config.max_new_tokens, "stop": config.stop}
+
+
+def _resume_predictions(
+    run_dir: Path, manifest: dict[str, Any], resume: bool
+) -> list[dict[str, Any]]:
+    """The graded predictions a resumed run keeps (a line cut short by a kill is dropped); a
+    new run writes its manifest."""
+    path, manifest_path = run_dir / PREDICTIONS, run_dir / RUN_MANIFEST
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+    done = [json.loads(x) for x in lines if x.endswith("\n")]
+    if done and not resume:
+        raise ValueError(
+            f"{run_dir} already holds {len(done)} predictions: pass --resume to continue that "
+            "run, or choose a new folder"
+        )
+    if done:
+        if not manifest_path.is_file():
+            raise ValueError(f"{run_dir}: no {RUN_MANIFEST} (an older cd_fast); use a new folder")
+        check_same_run(json.loads(manifest_path.read_text()), manifest, manifest_path)
+    else:
+        with AtomicWriter(manifest_path) as handle:
+            json.dump(manifest, handle, indent=1)
+    with AtomicWriter(path) as handle:
+        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
+    return done
+
+
+def _evaluate(
+    traces: Iterable[Trace],
+    run_dir: Path,
+    config: EvalConfig,
+    done: list[dict[str, Any]],
+    base: dict[str, Any] | None,
+    generate: Callable[[list[str]], list[tuple[str, int, bool]]],
+    on_progress: Callable[[int], None] | None,
+) -> dict[str, Any]:
+    path = run_dir / PREDICTIONS
+    finished = {r["id"] for r in done}
     started = time.perf_counter()
 
     def pending() -> Iterator[Trace]:
-        for index, trace in enumerate(traces):
-            if on_progress is not None:
-                on_progress(index)
+        for trace in traces:
             if trace.id in finished:
+                if on_progress is not None:
+                    on_progress(1)
                 continue
             if not trace.gold:
                 raise ValueError(f"record {trace.id!r} has no gold answer to grade against")
@@ -192,6 +253,8 @@ def evaluate(
                 handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+            if on_progress is not None:
+                on_progress(len(batch))
     result = metrics(done, base)
     result.update(
         {
@@ -214,14 +277,26 @@ COMPARE_COLUMNS = (
 )
 
 
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """A finished eval run's metrics.json, or one line saying why it cannot be read."""
+    file = run_dir / METRICS
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: not a finished `cdfast eval` run folder")
+    try:
+        result = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file}: not valid JSON ({error}): rerun that eval") from None
+    missing = [
+        c for c in ("accuracy", *COMPARE_COLUMNS) if not isinstance(result, dict) or c not in result
+    ]
+    if missing:
+        raise ValueError(f"{file}: not a `cdfast eval` metrics file (no {missing[0]})")
+    return result
+
+
 def compare_table(run_dirs: list[Path]) -> str:
     """Markdown table of several eval runs; ratios to the first run as the baseline."""
-    runs = []
-    for run in run_dirs:
-        file = Path(run) / METRICS
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: not a `cdfast eval` run folder")
-        runs.append(json.loads(file.read_text()))
+    runs = [read_metrics(Path(run)) for run in run_dirs]
     header = ["run", *COMPARE_COLUMNS, "accuracy_retained", "length_reduction", "efficiency_gain"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base = runs[0]

@@ -3,20 +3,17 @@ across torchrun ranks (shard k goes to rank k % WORLD_SIZE)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cd_fast.data import TraceReader
 from cd_fast.models import load_causal_lm
+from cd_fast.runs import RunLock, check_same_run, run_manifest
 from cd_fast.runtime import batched, rank_info, take
 from cd_fast.score.scorer import ScoreConfig, Scorer
-from cd_fast.score.store import read_manifest, shard_path, write_manifest, write_shard
-
-
-def _input_fingerprint(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"input": str(path), "input_bytes": stat.st_size}
+from cd_fast.score.store import MANIFEST, read_manifest, shard_path, write_manifest, write_shard
 
 
 def score_file(
@@ -27,41 +24,68 @@ def score_file(
     on_progress: Callable[[int], None] | None = None,
     limit: int | None = None,
     loaded: tuple[Any, Any] | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> Scorer:
     """Score every record `reader` yields into `output` (a folder of shards + manifest).
 
-    `loaded` is an already loaded (model, tokenizer) to use instead of `config.model`'s."""
+    `loaded` is an already loaded (model, tokenizer) to use instead of `config.model`'s.
+    `manifest` (cd_fast.runs.run_manifest) names the inputs and reading options; --resume
+    under another one is refused. `on_progress(n)` gets the records finished since its last
+    call."""
     ranks = rank_info()
-    rank, world = ranks.rank, ranks.world_size
+    rank, _world = ranks.rank, ranks.world_size
     if loaded is None and not config.model:
         raise ValueError("ScoreConfig.model: name the scorer LM (folder, hub id or .gguf)")
-    output.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "version": 1,
-        **_input_fingerprint(reader.source.path),
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output} is a file: score writes a folder; choose another -o")
+    if manifest is None:
+        manifest = run_manifest("score", {"input": reader.source.path}, {"limit": limit})
+    manifest = {**manifest, "options": {**manifest["options"], **_result_options(config)}}
+    existing = read_manifest(output) if rank == 0 else None  # rank 0 checks and starts the run
+    if existing is not None and not any(output.glob("shard-*.parquet")):
+        existing = None  # a run that stopped before its first shard: nothing to keep
+    if existing is not None:
+        if not resume:
+            raise ValueError(
+                f"{output} already holds scores: pass --resume to continue that run, or "
+                "choose a new output folder"
+            )
+        if "options" not in existing:
+            raise ValueError(f"{output}: scored by an older cd_fast; score into a new folder")
+        check_same_run(existing, manifest, output / MANIFEST)
+    # the model loads (or is refused) before a new run's folder exists: a failed start leaves
+    # nothing behind
+    model, tokenizer = loaded or load_causal_lm(config.model, device=config.device)
+    scorer = Scorer(model, tokenizer, config)
+    lock = RunLock(output / ".lock", str(output)) if rank == 0 else contextlib.nullcontext()
+    with lock:
+        if existing is None and rank == 0:
+            write_manifest(output, manifest)
+        return _score_shards(reader, output, scorer, manifest, on_progress, limit)
+
+
+def _result_options(config: ScoreConfig) -> dict[str, Any]:
+    """The ScoreConfig fields that decide what is written (not device, threads, batch size)."""
+    return {
         "model": config.model,
         "shard_size": config.shard_size,
         "window": config.window,
         "overlap": config.overlap,
         "target_template": config.target_template,
-        "limit": limit,
     }
-    existing = read_manifest(output) if rank == 0 else None  # rank 0 checks and starts the run
-    if existing is not None:
-        if not resume:
-            raise ValueError(f"{output} already holds scores; pass --resume to continue it")
-        changed = [k for k in manifest if existing.get(k) != manifest[k]]
-        if changed:
-            raise ValueError(
-                f"{output} was started with other settings ({', '.join(changed)}); "
-                "use a new output folder"
-            )
-    # the model loads (or is refused) before a new run's manifest exists: a failed start leaves
-    # the folder as it was
-    model, tokenizer = loaded or load_causal_lm(config.model, device=config.device)
-    scorer = Scorer(model, tokenizer, config)
-    if existing is None and rank == 0:
-        write_manifest(output, manifest)
+
+
+def _score_shards(
+    reader: TraceReader,
+    output: Path,
+    scorer: Scorer,
+    manifest: dict[str, Any],
+    on_progress: Callable[[int], None] | None,
+    limit: int | None,
+) -> Scorer:
+    ranks = rank_info()
+    rank, world = ranks.rank, ranks.world_size
+    config = scorer.config
     shards = records = 0
     for shard, batch in enumerate(batched(take(reader, limit), config.shard_size)):
         if shard % world == rank and not shard_path(output, shard).exists():

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cd_fast.config import option
+from cd_fast.config import check_minimums, option
 from cd_fast.data import Trace
 from cd_fast.formats import (
     DEFAULT_TARGET_TEMPLATE,
@@ -46,23 +46,28 @@ class ScoreConfig:
         None, help="Scorer LM: a local folder, a hub id (online) or a .gguf file."
     )
     max_tokens_per_batch: int = option(
-        16384, help="Token budget of one packed forward pass (prompts included)."
+        16384, minimum=1, help="Token budget of one packed forward pass (prompts included)."
     )
     window: int | None = option(
         None,
+        minimum=2,
         help="Longest sequence scored at once (prompt included); default the model's context, "
         "capped at 8192.",
     )
     overlap: int = option(
-        256, help="Trace tokens of context repeated when a long trace continues in a new window."
+        256,
+        minimum=0,
+        help="Trace tokens of context repeated when a long trace continues in a new window.",
     )
-    shard_size: int = option(256, help="Records per output shard (the unit of resume).")
-    threads: int = option(0, help="Step-segmenter threads (0 = every CPU).")
+    shard_size: int = option(256, minimum=1, help="Records per output shard (the unit of resume).")
+    threads: int = option(0, minimum=0, help="Step-segmenter threads (0 = every CPU).")
     device: str | None = option(
         None, help="cuda / cpu; default cuda when available (cuda:LOCAL_RANK under torchrun)."
     )
     chunk_size: int | None = option(
-        None, help="Tokens per LM-head chunk in token_scores (default: fp32 logits under 512 MiB)."
+        None,
+        minimum=1,
+        help="Tokens per LM-head chunk in token_scores (default: fp32 logits under 512 MiB).",
     )
     target_template: str = option(
         DEFAULT_TARGET_TEMPLATE,
@@ -71,15 +76,7 @@ class ScoreConfig:
     )
 
     def __post_init__(self) -> None:
-        positive = ("max_tokens_per_batch", "shard_size", "window", "chunk_size")
-        for name in positive:
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.overlap < 0:
-            raise ValueError(f"overlap must be >= 0, got {self.overlap}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 = every CPU), got {self.threads}")
+        check_minimums(self)
         check_target_template(self.target_template)
 
 

@@ -103,13 +103,16 @@ def write_shard(folder: Path, shard: int, records: list[RecordScores]) -> None:
         pq.write_table(table, handle, compression="zstd")
 
 
+MANIFEST = "manifest.json"
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    with AtomicWriter(folder / "manifest.json") as handle:
+    with AtomicWriter(folder / MANIFEST) as handle:
         json.dump(manifest, handle, indent=1)
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
-    path = folder / "manifest.json"
+    path = folder / MANIFEST
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 

@@ -10,10 +10,14 @@ node sees), beside the same trainer files.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn the write failures torch and safetensors report in their own words (a full disk,
+    a file size limit) into the OSError they are, naming `path`."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        text = str(error)
+        found = _OS_ERROR.search(text)
+        if found:
+            code = int(found.group(1))
+        elif "inline_container" in text:  # torch.save: a short write
+            code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 1 << 30 else errno.EIO
+        else:
+            raise
+        raise OSError(code, f"{os.strerror(code)} ({text.splitlines()[0]})", str(path)) from error
+
+
+def remove_stale_staging(output_dir: Path) -> list[Path]:
+    """Drop the staging folders of checkpoints a killed run did not finish."""
+    stale = sorted(output_dir.glob(f".{PREFIX}*.partial")) if output_dir.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -89,10 +124,16 @@ def finish_checkpoint(
     then drop all but the `keep` newest checkpoints."""
     temp = staging_folder(output_dir, step)
     final = output_dir / f"{PREFIX}{step}"
-    torch.save({"optimizer": optimizer, "scheduler": scheduler}, temp / "optimizer.pt")
-    for rank, rng in enumerate(rank_rngs):
-        torch.save(rng, temp / f"rng-{rank}.pt")
-    (temp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+    try:
+        with writing(temp / "optimizer.pt"):
+            torch.save({"optimizer": optimizer, "scheduler": scheduler}, temp / "optimizer.pt")
+        for rank, rng in enumerate(rank_rngs):
+            with writing(temp / f"rng-{rank}.pt"):
+                torch.save(rng, temp / f"rng-{rank}.pt")
+        (temp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)  # the previous checkpoint stays the latest
+        raise
     if final.exists():
         shutil.rmtree(final)
     temp.rename(final)
@@ -115,7 +156,12 @@ def write_checkpoint(
     """One process's checkpoint: the trained tensors in model.safetensors, the optimizer whole."""
     temp = start_checkpoint(output_dir, step)
     cpu_tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    save_file(cpu_tensors, temp / "model.safetensors")
+    try:
+        with writing(temp / "model.safetensors"):
+            save_file(cpu_tensors, temp / "model.safetensors")
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     return finish_checkpoint(output_dir, step, scheduler, state, rank_rngs, keep, optimizer)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cd_fast.config import option
+from cd_fast.config import check_minimums, option
 from cd_fast.formats import DEFAULT_TARGET_TEMPLATE, check_target_template
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
@@ -56,27 +56,33 @@ class TrainConfig:
     )
     max_tokens_per_step: int = option(
         16384,
+        minimum=1,
         help="Tokens per optimizer step, summed over micro-batches and ranks (no padding).",
     )
     gradient_accumulation_steps: int = option(
         1,
+        minimum=1,
         help="Micro-batches per step and rank: each holds ~max_tokens_per_step / (accum * ranks).",
     )
     max_seq_length: int = option(
         4096,
+        minimum=2,
         help="Longer samples are cut to this many tokens (their tail, the answer, is lost: "
         "counted).",
     )
     logging_steps: int = option(
         10,
+        minimum=1,
         help="Write a metrics row every N steps (the only place the loop reads device values).",
     )
     save_steps: int = option(
         500,
+        minimum=0,
         help="Checkpoint every N steps and at the end (0: only on SIGTERM).",
     )
     save_total_limit: int | None = option(
         2,
+        minimum=1,
         help="Keep this many most recent checkpoints (None: all).",
     )
     seed: int = option(42, help="Seeds model init, LoRA init, dropout and the data order.")
@@ -93,7 +99,7 @@ class TrainConfig:
         False,
         help="Recompute each decoder block in the backward pass (less memory, ~30% more compute).",
     )
-    lora_r: int = option(0, help="LoRA rank; 0 trains every weight (full fine-tune).")
+    lora_r: int = option(0, minimum=0, help="LoRA rank; 0 trains every weight (full fine-tune).")
     lora_alpha: int = option(32, help="LoRA scaling numerator (the update is scaled by alpha / r).")
     lora_dropout: float = option(0.0, help="Dropout on the LoRA input.")
     lora_target_modules: list[str] | str = option(
@@ -143,9 +149,19 @@ class TrainConfig:
         help="With fsdp: keep the sharded weights, gradients and AdamW states in CPU memory (the "
         "optimizer steps on the CPU) for GPUs too small for their shard.",
     )
-    resume: bool = option(False, help="Continue from the latest checkpoint in output_dir.")
+    resume: bool = option(
+        False,
+        help="Continue from the latest checkpoint in output_dir (refused when the data, model "
+        "or a setting that changes the result differs from the run's run.json).",
+    )
+    overwrite_output_dir: bool = option(
+        False,
+        help="Train from scratch into an output_dir that holds a finished or checkpointed run, "
+        "deleting its final/, checkpoints and metrics.",
+    )
     loss_chunk_size: int = option(
         1024,
+        minimum=1,
         help="Tokens per LM-head chunk in the CPU loss (bounds its logits memory).",
     )
     extra: dict[str, Any] = option(
@@ -173,21 +189,12 @@ class TrainConfig:
                 "QLoRA (load_in_4bit) runs under distributed='ddp': FSDP2 does not shard "
                 "bitsandbytes' NF4 weights",
             ),
-            (self.max_tokens_per_step > 0, "max_tokens_per_step must be > 0"),
-            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
-            (self.max_seq_length > 1, "max_seq_length must be > 1"),
             (self.max_steps > 0 or self.num_train_epochs > 0, "set max_steps or num_train_epochs"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must lie in [0, 1)"),
-            (self.logging_steps >= 1, "logging_steps must be >= 1"),
-            (self.save_steps >= 0, "save_steps must be >= 0"),
-            (self.lora_r >= 0, "lora_r must be >= 0"),
             (not self.load_in_4bit or self.lora_r > 0, "load_in_4bit (QLoRA) needs lora_r > 0"),
-            (
-                self.save_total_limit is None or self.save_total_limit >= 1,
-                "save_total_limit must be >= 1 (or None to keep all)",
-            ),
             (self.max_memory is None or self.max_memory > 0, "max_memory must be > 0 GiB"),
         ]
+        check_minimums(self)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

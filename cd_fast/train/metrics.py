@@ -72,6 +72,12 @@ class MetricsWriter:
         else:
             self.tensorboard = SummaryWriter(str(output_dir / "tensorboard"))
 
+    def reset(self) -> None:
+        """A run that starts from step 0: rows of an earlier start (killed before its first
+        checkpoint) go, so no step is logged twice."""
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
+
     def truncate_after(self, step: int) -> None:
         """On resume: drop lines logged after the checkpoint (they will be logged again)."""
         if not self.enabled or not self.path.is_file():

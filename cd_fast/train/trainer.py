@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import signal
 import sys
 import time
@@ -25,11 +26,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
+from cd_fast.data import AtomicWriter
 from cd_fast.kernels import TokenStore, label_token_count
 from cd_fast.models import load_model_config
-from cd_fast.runtime import choose_device, rank_info
+from cd_fast.runs import RunLock, check_same_run, run_manifest
+from cd_fast.runtime import choose_device, progress_bar, rank_info
 from cd_fast.train import checkpoint as ckpt
 from cd_fast.train import distributed
 from cd_fast.train.config import TrainConfig
@@ -40,6 +42,22 @@ from cd_fast.train.model import CausalLMLoss, causal_lm, decoder_layers, load_mo
 from cd_fast.train.packing import Piece, StepPlanner, split_step
 
 logger = logging.getLogger(__name__)
+
+RUN_MANIFEST = "run.json"
+# TrainConfig fields free to differ on --resume: where and how often the run saves and logs,
+# and where it runs (FSDP2 checkpoints reshard; the steps and their data stay the same)
+_RUN_ONLY_SETTINGS = (
+    "output_dir",
+    "resume",
+    "overwrite_output_dir",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "device",
+    "distributed",
+    "fsdp_cpu_offload",
+    "extra",
+)
 
 
 class NonFiniteLossError(ValueError):
@@ -142,6 +160,8 @@ class Trainer:
         group and device, the model, the data, the optimizer. Returns self."""
         if self._inputs is None:
             return self
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ValueError(f"{self.output_dir} is a file: train writes a folder; choose another")
         model, data, tokenizer = self._inputs
         self._setup_distributed()
         self._setup_model(model, tokenizer)
@@ -433,19 +453,65 @@ class Trainer:
     def train(self) -> TrainResult:
         """Run to total_steps (or until SIGTERM); returns the run's losses and throughput."""
         self.setup()
-        c = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if c.resume:
-            latest = ckpt.latest_checkpoint(self.output_dir)
-            if latest is None:
-                self._log_rank0("resume: no checkpoint in %s, starting fresh", self.output_dir)
-            else:
-                self.load_checkpoint(latest)
-        elif ckpt.list_checkpoints(self.output_dir):
+        lock = RunLock(self.output_dir / ".lock", str(self.output_dir))
+        with lock if self.rank == 0 else nullcontext():
+            return self._train()
+
+    def _run_manifest(self) -> dict[str, Any]:
+        """The run's identity for --resume: data files, model, every setting that changes the
+        result (not where or how often it checkpoints and logs, nor the device or strategy)."""
+        extra = dict(self.config.extra)
+        options = {k: v for k, v in self.config.to_dict().items() if k not in _RUN_ONLY_SETTINGS}
+        options.update({k: v for k, v in extra.items() if k not in ("data", "prompts")})
+        options["model"] = self.model_spec
+        inputs = {k: extra.get(k) for k in ("data", "prompts") if k in extra}
+        return run_manifest("train", inputs, options)
+
+    def _prepare_output_dir(self) -> list[Path]:
+        """Refuse what would mix two runs in output_dir; clear what a killed run left behind.
+        Every rank checks (they see the same folder), rank 0 changes it. Returns the
+        checkpoints to resume from."""
+        c, out = self.config, self.output_dir
+        checkpoints = ckpt.list_checkpoints(out)
+        finished = (out / "final").exists()
+        manifest = self._run_manifest()
+        if c.overwrite_output_dir:
+            if self.rank == 0:
+                for path in [*checkpoints, out / "final", out / "final-adapter"]:
+                    shutil.rmtree(path, ignore_errors=True)
+            checkpoints = []
+        elif finished and not c.resume:
             raise ValueError(
-                f"{self.output_dir} already holds checkpoints: pass resume=True (--resume) to "
-                "continue that run, or choose another output_dir"
+                f"{out} holds a finished model (final/): pass --overwrite-output-dir to train "
+                "again from scratch, --resume to continue that run, or choose another output_dir"
             )
+        elif checkpoints and not c.resume:
+            raise ValueError(
+                f"{out} already holds checkpoints: pass --resume to continue that run, "
+                "--overwrite-output-dir to start over, or choose another output_dir"
+            )
+        saved = out / RUN_MANIFEST
+        if checkpoints and saved.is_file():
+            check_same_run(json.loads(saved.read_text()), manifest, saved)
+        if self.rank == 0:
+            for stale in ckpt.remove_stale_staging(out):
+                logger.info("removed %s (a checkpoint a killed run did not finish)", stale.name)
+            if not checkpoints:  # a run from step 0
+                out.mkdir(parents=True, exist_ok=True)
+                self.metrics.reset()
+                with AtomicWriter(saved) as handle:
+                    json.dump(manifest, handle, indent=1, default=str)
+        if self.world_size > 1:
+            dist.barrier()
+        return checkpoints
+
+    def _train(self) -> TrainResult:
+        c = self.config
+        checkpoints = self._prepare_output_dir()
+        if checkpoints:
+            self.load_checkpoint(checkpoints[-1])
+        elif c.resume:
+            self._log_rank0("resume: no checkpoint in %s, starting fresh", self.output_dir)
         if self.rank == 0:
             (self.output_dir / "train_config.json").write_text(
                 json.dumps(
@@ -474,29 +540,30 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous)
             self.metrics.close()
         if not result.interrupted:
-            result.export_path = self.export()
+            with ckpt.writing(self.output_dir / "final"):
+                result.export_path = self.export()
         if self.world_size > 1:
             dist.barrier()
         return result
 
     def _loop(self, result: TrainResult) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        bar = progress_bar(
+            "train", self.total_steps, unit="step", initial=self.step, disable=not self.progress
+        )
+        try:
+            self._steps(result, bar)
+        finally:
+            bar.close()
+
+    def _steps(self, result: TrainResult, bar: Any) -> None:
         c = self.config
         parts = c.gradient_accumulation_steps * self.world_size
         window: list[tuple[int, torch.Tensor, int, list[str]]] = []
         window_flops = 0.0
         window_tokens = 0
         peak = peak_flops(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            disable=not self.progress,
-            desc="train",
-            unit="step",
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
         started = window_start = time.perf_counter()
         window_first = self.step + 1
         grad_norm = torch.zeros((), device=self.device)
@@ -561,7 +628,6 @@ class Trainer:
                 if stop and not last:
                     result.interrupted = True
                     break
-        bar.close()
         result.step = self.step
         result.train_seconds = time.perf_counter() - started
 
@@ -644,7 +710,8 @@ class Trainer:
             gathered = {"state_dict": distributed.gather_state_dict(target)}
         if self.rank != 0:
             return None
-        final = self.output_dir / "final"
+        final = self.output_dir / ".final.partial"  # renamed to final/ once whole
+        shutil.rmtree(final, ignore_errors=True)
         if mode == "adapter":
             self.model.save_pretrained(final, **gathered)
         elif merge_from_base:
@@ -668,7 +735,10 @@ class Trainer:
             lm.save_pretrained(final, **gathered)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(final)
-        return final
+        done = self.output_dir / "final"
+        shutil.rmtree(done, ignore_errors=True)
+        final.rename(done)
+        return done
 
 
 def _synced_time() -> float:

@@ -1,0 +1,607 @@
+"""Bad input and interruptions across the five commands (segment, compress, score, train, eval).
+
+Every bad-input case ends in exactly one `cdfast CMD: error: ...` line and exit 2 (never a
+traceback, never exit 0 with nothing said), or in a counted warning where carrying on is right.
+Every interrupted run - SIGKILL at kill points drawn at random with a fixed seed, and torn writes
+cut at random bytes - resumes to the output of an uninterrupted run: byte for byte, and for
+train the same losses and weights. The in-process cases call `cd_fast.cli.main`; kills run
+`cdfast` in a subprocess through tests/interrupt.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from cd_fast.cli import build_parser, main
+from cd_fast.compress.job import _read_state
+from cd_fast.runs import RunLock
+from cd_fast.score import ScoreStore
+
+REPO = Path(__file__).resolve().parents[1]
+KILLS = random.Random(20261123)  # the kill points: random, and the same on every run
+COMMANDS = ("segment", "compress", "score", "train", "eval")
+
+
+# ---- running a command ----
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_kernels():
+    """The kernels' torch paths: these tests are about files and processes, and the Triton
+    interpreter (tested in test_token_scores/test_pack) would make scoring 20x slower."""
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    yield
+    if saved is not None:
+        os.environ["TRITON_INTERPRET"] = saved
+
+
+def run(capsys, *args: object) -> tuple[int, str, str]:
+    """`cdfast ARGS` in this process: (exit code, stdout, stderr)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as stop:  # argparse refusing an option value
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_error(result: tuple[int, str, str], *phrases: str) -> str:
+    """Exit 2 with one error line holding every phrase, and no traceback."""
+    code, _, err = result
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1, err[-2000:]
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_ok(result: tuple[int, str, str]) -> str:
+    code, out, err = result
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err
+    return out
+
+
+def spawn(*args: object, kill: tuple[str, int] | None = None, limit_bytes: int | None = None):
+    """`cdfast ARGS` in a subprocess, offline; `kill=(target, n)` SIGKILLs it at the n-th call
+    of `target` (tests/interrupt.py); with `limit_bytes` no file it writes may grow past that
+    size (a full disk, as the kernel reports a file size limit: EFBIG)."""
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    launcher = [str(REPO / "tests" / "interrupt.py"), kill[0], str(kill[1])] if kill else [
+        "-m", "cd_fast.cli"
+    ]  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *launcher, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "HF_HUB_OFFLINE": "1",
+            "CD_FAST_PROGRESS_SECONDS": "0.01",
+        },
+        cwd=REPO,
+        timeout=600,
+        preexec_fn=limit_files if limit_bytes else None,
+    )
+
+
+# ---- inputs ----
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def records(shared_data) -> list[dict]:
+    """24 GSM8K questions as trace records with ids and gold answers."""
+    rows = [json.loads(x) for x in (shared_data / "gsm8k" / "test.jsonl").open()][:24]
+    out = []
+    for number, row in enumerate(rows):
+        body, _, gold = row["answer"].rpartition("####")
+        out.append(
+            {
+                "id": f"q{number}",
+                "question": row["question"],
+                "trace": body.strip(),
+                "gold": gold.strip(),
+            }
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(records, tmp_path_factory) -> dict[str, Path]:
+    """Good and bad input files, each what a user could hand to any command."""
+    root = tmp_path_factory.mktemp("inputs")
+    good = write_jsonl(root / "good.jsonl", records)
+    lines = good.read_bytes()
+    paths = {"good": good}
+    paths["bom"] = root / "bom.jsonl"
+    paths["bom"].write_bytes(b"\xef\xbb\xbf" + lines)
+    paths["not_gzip"] = root / "mislabelled.jsonl.gz"
+    paths["not_gzip"].write_bytes(lines)
+    paths["truncated_gzip"] = root / "truncated.jsonl.gz"
+    paths["truncated_gzip"].write_bytes(gzip.compress(lines)[:-40])
+    paths["empty"] = root / "empty.jsonl"
+    paths["empty"].write_text("")
+    paths["duplicate_ids"] = write_jsonl(root / "dup.jsonl", [*records[:3], records[1]])
+    paths["invalid_json"] = root / "invalid.jsonl"
+    paths["invalid_json"].write_text(json.dumps(records[0]) + '\n{"id": "x", "trace": \n')
+    paths["all_invalid"] = write_jsonl(root / "bad.jsonl", [{"id": "a"}, {"id": "b"}])
+    paths["no_gold"] = write_jsonl(root / "nogold.jsonl", [{**r, "gold": None} for r in records])
+    empties = [{**r, "trace": ""} if i % 3 == 0 else r for i, r in enumerate(records[:12])]
+    paths["empty_traces"] = write_jsonl(root / "empty_traces.jsonl", empties)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def student(tiny_models) -> Path:
+    return tiny_models["qwen2"]
+
+
+def command_args(command: str, source: Path, out: Path, student: Path) -> list[object]:
+    """The cheapest useful run of each command on `source`."""
+    return {
+        "segment": ["segment", source, "-o", out],
+        "compress": ["compress", source, "-o", out, "--method", "truncate", "--budget", "0.5",
+                     "--tokenizer", student, "--batch-size", "4"],
+        "score": ["score", source, "-o", out, "--model", student, "--shard-size", "4",
+                  "--device", "cpu"],
+        "train": ["train", source, "--model", student, "-o", out, "--max-steps", "4",
+                  "--max-tokens-per-step", "1024", "--max-seq-length", "256", "--logging-steps",
+                  "1", "--save-steps", "2", "--device", "cpu", "--learning-rate", "3e-3",
+                  "--lr-scheduler-type", "constant"],
+        "eval": ["eval", source, "--model", student, "-o", out, "--max-new-tokens", "4",
+                 "--batch-size", "4", "--device", "cpu"],
+    }[command]  # fmt: skip
+
+
+# ---- bad input files, in every command ----
+
+BAD_FILES = {
+    "not_gzip": "corrupt or truncated gzip",
+    "truncated_gzip": "corrupt or truncated gzip",
+    "empty": "no records",
+    "duplicate_ids": "duplicate id 'q1' (first at line 2)",
+    "invalid_json": "line 2: invalid JSON",
+    "all_invalid": "cannot detect the layout",
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("bad", sorted(BAD_FILES))
+def test_bad_input_file_is_one_line_in_every_command(
+    command, bad, files, student, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    line = assert_error(
+        run(capsys, *command_args(command, files[bad], out, student)), BAD_FILES[bad]
+    )
+    assert f"cdfast {command}: error: {files[bad]}" in line
+    # the folder is clean (at most a new run's manifest and an empty predictions file), or, when
+    # the file breaks after whole batches, holds them for --resume
+    left = {p.name: p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()}
+    if bad == "truncated_gzip":
+        return
+    assert set(left) <= {"run.json", "manifest.json", "predictions.jsonl"}, left
+    assert left.get("predictions.jsonl", 0) == 0
+
+
+def test_all_invalid_with_skip_invalid_is_an_error_not_an_empty_success(files, tmp_path, capsys):
+    assert_error(
+        run(capsys, "segment", files["all_invalid"], "-o", tmp_path / "o.jsonl", "--skip-invalid"),
+        "all 2 records are invalid",
+    )
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ("segment", "compress"))
+def test_a_utf8_bom_is_read(command, files, student, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    assert_ok(run(capsys, *command_args(command, files["bom"], out, student)))
+    assert [json.loads(x)["id"] for x in out.open()] == [f"q{i}" for i in range(24)]
+
+
+def test_duplicate_ids_are_counted_skips_with_skip_invalid(files, tmp_path, capsys):
+    out = assert_ok(
+        run(capsys, "segment", files["duplicate_ids"], "-o", tmp_path / "o.jsonl", "--skip-invalid")
+    )
+    assert "skipped 1 invalid record" in out and "duplicate id" in out
+
+
+def test_output_equal_to_input_is_refused_and_the_input_kept(files, tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(files["good"].read_bytes())
+    assert_error(run(capsys, "segment", source, "-o", source), "the output is also an input")
+    assert source.read_bytes() == files["good"].read_bytes()
+
+
+@pytest.mark.parametrize("command", ("score", "train", "eval"))
+def test_output_folder_that_is_a_file_is_refused(command, files, student, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("mine")
+    assert_error(run(capsys, *command_args(command, files["good"], out, student)), "is a file")
+    assert out.read_text() == "mine"
+
+
+def test_output_under_a_file_is_one_line(files, tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    out = tmp_path / "taken" / "out.jsonl"
+    assert_error(run(capsys, "segment", files["good"], "-o", out), "choose another path")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("command", COMMANDS)
+def test_read_only_output_folder_is_one_line(command, files, student, tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        out = folder / "out"
+        assert_error(
+            run(capsys, *command_args(command, files["good"], out, student)), "cannot write"
+        )
+    finally:
+        folder.chmod(0o755)
+
+
+# ---- option values, refused when parsed ----
+
+ZERO_OPTIONS = [
+    ("score", "--shard-size"),
+    ("score", "--window"),
+    ("score", "--max-tokens-per-batch"),
+    ("eval", "--batch-size"),
+    ("eval", "--max-new-tokens"),
+    ("compress", "--batch-size"),
+    ("train", "--max-tokens-per-step"),
+    ("segment", "--threads"),
+]
+
+
+@pytest.mark.parametrize(("command", "flag"), ZERO_OPTIONS)
+def test_out_of_range_option_is_refused_at_parse_time(
+    command, flag, files, student, tmp_path, capsys
+):
+    value = "-1" if flag == "--threads" else "0"
+    args = [*command_args(command, files["good"], tmp_path / "o", student), flag, value]
+    line = assert_error(run(capsys, *args), f"argument {flag}: must be >=")
+    assert line.startswith(f"cdfast {command}: error:")
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_option_has_help_and_its_default_once():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        assert "(default: None)" not in sub.format_help(), name
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help and len(action.help) > 10, (name, action.option_strings)
+            text = formatter._expand_help(action)
+            assert text.lower().count("default") <= 1, (name, action.option_strings, text)
+
+
+# ---- models that cannot be loaded ----
+
+
+@pytest.mark.parametrize("command", ("score", "train", "eval"))
+def test_missing_model_is_one_line_and_leaves_no_folder(command, files, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = command_args(command, files["good"], out, tmp_path / "no-such-model")
+    assert_error(run(capsys, *args), "no such model folder")
+    assert not out.exists()
+
+
+def test_missing_gguf_and_tokenizer_are_one_line(files, tmp_path, capsys):
+    gguf = tmp_path / "model.gguf"
+    assert_error(
+        run(capsys, *command_args("train", files["good"], tmp_path / "o", gguf)),
+        "no such .gguf file",
+    )
+    args = command_args("compress", files["good"], tmp_path / "c.jsonl", tmp_path / "tok")
+    assert_error(run(capsys, *args), "no such model folder")
+
+
+def test_unknown_hub_id_is_one_line(files, tmp_path):
+    hub_id = "nobody-xyz/no-such-model-0"
+    result = spawn("score", files["good"], "-o", tmp_path / "s", "--model", hub_id)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert f"cannot load model '{hub_id}'" in result.stderr.splitlines()[-1]
+
+
+# ---- empty traces, tables, progress ----
+
+
+def test_empty_traces_pass_through_counted_not_compressed(files, student, tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    printed = assert_ok(run(capsys, *command_args("compress", files["empty_traces"], out, student)))
+    summary = json.loads((tmp_path / "c.jsonl.summary.json").read_text())
+    assert summary["records_empty"] == 4 and summary["records_out"] == 12
+    assert summary["ratio_mean"] > 0.45  # with the empty ones at 0 it would be about 0.4
+    assert "4 passed through unchanged" in printed
+    kept = [json.loads(x) for x in out.open()]
+    assert [r["meta"]["compression"]["action"] for r in kept].count("empty") == 4
+
+
+def test_eval_prints_a_table_and_progress_lines(files, student, tmp_path):
+    result = spawn(*command_args("eval", files["good"], tmp_path / "e", student), "--limit", "8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "accuracy" in result.stdout and "(" in result.stdout and "{" not in result.stdout
+    assert "\r" not in result.stderr  # a log, not a redrawn bar
+    progress = [x for x in result.stderr.splitlines() if x.startswith("eval:")]
+    assert progress and progress[-1].split("|")[-1].strip().startswith("8/8")
+    assert "WARNING" not in result.stderr  # the CPU fallbacks are expected: info, not warnings
+
+
+def test_compare_names_a_corrupt_or_missing_metrics_file(tmp_path, capsys):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for run_dir in (good, bad):
+        run_dir.mkdir()
+    metrics = {"accuracy": 0.5, "mean_output_tokens": 10.0, "median_output_tokens": 10,
+               "truncation_rate": 0.0, "accuracy_per_1k_tokens": 50.0}  # fmt: skip
+    (good / "metrics.json").write_text(json.dumps(metrics))
+    (bad / "metrics.json").write_text('{"accuracy": 0.5, "mean_')
+    assert_error(
+        run(capsys, "eval", "--compare", good, bad), f"{bad / 'metrics.json'}: not valid JSON"
+    )
+    assert_error(run(capsys, "eval", "--compare", good, tmp_path / "none"), "not a finished")
+
+
+# ---- resume refuses other settings; locks; failed runs leave folders usable ----
+
+
+def test_compress_resume_refuses_other_settings_and_a_second_writer(
+    files, student, tmp_path, capsys
+):
+    out = tmp_path / "c.jsonl"
+    args = command_args("compress", files["good"], out, student)
+    # a run killed after two batches
+    killed = spawn(*args, kill=("cd_fast.compress.job:_chain", 3))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    changed = [a if a != "0.5" else "0.8" for a in args]
+    assert_error(run(capsys, *changed, "--resume"), "budget 0.5 -> 0.8")
+    assert_error(run(capsys, *args), "pass --resume")
+    other = write_jsonl(
+        tmp_path / "other.jsonl", [json.loads(x) for x in files["good"].open()][::-1]
+    )
+    assert_error(run(capsys, *[other if a == files["good"] else a for a in args], "--resume"),
+                 "records differ")  # fmt: skip
+    with RunLock(tmp_path / "c.jsonl.lock", "c.jsonl"):
+        assert_error(run(capsys, *args, "--resume"), "being written by another cdfast run")
+    assert_ok(run(capsys, *args, "--resume"))
+
+
+def test_compress_failing_in_its_first_batch_leaves_the_folder_clean(
+    files, student, tmp_path, capsys
+):
+    out = tmp_path / "c.jsonl"
+    args = command_args("compress", files["invalid_json"], out, student)
+    assert_error(run(capsys, *args), "invalid JSON")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert_ok(run(capsys, *command_args("compress", files["good"], out, student)))
+
+
+def test_score_resume_refuses_other_settings_and_failed_start_is_clean(
+    files, student, tmp_path, capsys
+):
+    out = tmp_path / "s"
+    args = command_args("score", files["good"], out, student)
+    killed = spawn(*args, kill=("cd_fast.score.job:write_shard", 2))
+    assert killed.returncode == -9
+    assert_error(run(capsys, *args, "--overlap", "8", "--resume"), "overlap 256 -> 8")
+    assert_error(run(capsys, *args), "pass --resume")
+    fresh = tmp_path / "fresh"
+    assert_error(
+        run(capsys, *command_args("score", files["good"], fresh, tmp_path / "typo")),
+        "no such model",
+    )
+    assert_ok(run(capsys, *command_args("score", files["good"], fresh, student), "--limit", "4"))
+
+
+def test_eval_resume_refuses_other_settings(files, student, tmp_path, capsys):
+    out = tmp_path / "e"
+    args = [*command_args("eval", files["good"], out, student), "--limit", "8"]
+    killed = spawn(*args, kill=("os:fsync", 4))  # after the first batch of predictions
+    assert killed.returncode == -9
+    assert_error(run(capsys, *args, "--max-new-tokens", "6", "--resume"), "max_new_tokens 4 -> 6")
+    assert_error(run(capsys, *args), "pass --resume")
+    no_gold = command_args("eval", files["no_gold"], tmp_path / "g", student)
+    assert_error(run(capsys, *no_gold), "has no gold answer")
+
+
+def test_train_refuses_finished_output_and_other_settings_on_resume(
+    files, student, tmp_path, capsys
+):
+    out = tmp_path / "t"
+    args = command_args("train", files["good"], out, student)
+    assert_ok(run(capsys, *args))
+    assert_error(run(capsys, *args), "holds a finished model")
+    assert_error(
+        run(capsys, *args, "--resume", "--learning-rate", "1e-3"), "learning_rate 0.003 -> 0.001"
+    )
+    other = write_jsonl(
+        tmp_path / "other.jsonl", [json.loads(x) for x in files["good"].open()][:12]
+    )
+    assert_error(run(capsys, *[other if a == files["good"] else a for a in args], "--resume"),
+                 "data", "another file")  # fmt: skip
+    rows = (out / "metrics.jsonl").read_text()
+    assert_ok(run(capsys, *args, "--overwrite-output-dir"))
+    assert (out / "metrics.jsonl").read_text().count('"step": 1,') == 1
+    assert [json.loads(x)["loss"] for x in rows.splitlines()] == [
+        json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+# ---- a full disk ----
+
+
+def test_full_disk_is_one_line_and_resumes_exactly(files, student, tmp_path, capsys):
+    args = command_args("compress", files["good"], tmp_path / "straight.jsonl", student)
+    assert_ok(run(capsys, *args))
+    out = tmp_path / "c.jsonl"
+    args = command_args("compress", files["good"], out, student)
+    full = spawn(*args, limit_bytes=6000)
+    assert full.returncode == 2, full.stderr[-2000:]
+    assert (
+        "no space left writing" in full.stderr.splitlines()[-1] and "Traceback" not in full.stderr
+    )
+    assert_ok(run(capsys, *args, "--resume"))
+    assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
+
+    segment = spawn("segment", files["good"], "-o", tmp_path / "s.jsonl", limit_bytes=4000)
+    assert segment.returncode == 2 and "no space left" in segment.stderr.splitlines()[-1]
+    assert not (tmp_path / "s.jsonl").exists()
+
+    train_args = command_args("train", files["good"], tmp_path / "t", student)
+    train = spawn(*train_args, limit_bytes=1 << 20)
+    assert train.returncode == 2 and "Traceback" not in train.stderr, train.stderr[-2000:]
+    assert "no space left writing" in train.stderr.splitlines()[-1]
+    assert not list((tmp_path / "t").glob("*checkpoint-*"))
+
+
+# ---- kills at random points resume exactly ----
+
+
+@pytest.fixture(scope="module")
+def straight(files, student, tmp_path_factory) -> dict[str, Path]:
+    """Each command's uninterrupted run, the output a resumed one must equal."""
+    root = tmp_path_factory.mktemp("straight")
+    outputs = {"compress": root / "c.jsonl", "score": root / "s", "eval": root / "e"}
+    for command, out in outputs.items():
+        extra = ["--limit", "12"] if command == "eval" else []
+        assert (
+            main([str(a) for a in command_args(command, files["good"], out, student)] + extra) == 0
+        )
+    return outputs
+
+
+def _cut_torn(path: Path, keep: int) -> None:
+    """Cut `path` at a random byte at or after `keep`: a write the kill interrupted."""
+    size = path.stat().st_size if path.exists() else 0
+    if size > keep:
+        os.truncate(path, KILLS.randint(keep, size))
+
+
+@pytest.mark.parametrize("kill", range(5))
+def test_compress_killed_at_any_byte_resumes_exactly(
+    kill, straight, files, student, tmp_path, capsys
+):
+    out = tmp_path / "c.jsonl"
+    args = command_args("compress", files["good"], out, student)
+    # fsyncs: the new run's two files, then records + state per batch (6 batches), the summary
+    count = KILLS.randint(1, 15)
+    assert spawn(*args, kill=("os:fsync", count)).returncode == -9
+    state = tmp_path / "c.jsonl.state.jsonl"
+    if state.exists():  # tear the last state line and what follows the committed records
+        lines = state.read_bytes().splitlines(keepends=True)
+        _cut_torn(state, sum(map(len, lines[:-1])))
+        _cut_torn(tmp_path / "c.jsonl.partial", _read_state(state)[1].output_bytes)
+    assert_ok(run(capsys, *args, "--resume"))
+    assert out.read_bytes() == straight["compress"].read_bytes(), f"killed at fsync {count}"
+    assert sorted(p.name for p in tmp_path.glob("c.jsonl*")) == ["c.jsonl", "c.jsonl.summary.json"]
+
+
+def same_scores(a: Path, b: Path) -> bool:
+    rows_a = {r.id: r.row() for r in ScoreStore(a)}
+    rows_b = {r.id: r.row() for r in ScoreStore(b)}
+    return rows_a.keys() == rows_b.keys() and all(
+        all(np.array_equal(np.asarray(rows_a[i][k]), np.asarray(rows_b[i][k])) for k in rows_a[i])
+        for i in rows_a
+    )
+
+
+@pytest.mark.parametrize("kill", range(2))
+def test_score_killed_resumes_to_the_same_scores(kill, straight, files, student, tmp_path, capsys):
+    out = tmp_path / "s"
+    args = command_args("score", files["good"], out, student)
+    count = KILLS.randint(1, 6)
+    assert spawn(*args, kill=("cd_fast.score.job:write_shard", count)).returncode == -9
+    assert_ok(run(capsys, *args, "--resume"))
+    assert same_scores(out, straight["score"]), f"killed at shard {count}"
+
+
+@pytest.mark.parametrize("kill", range(2))
+def test_eval_killed_resumes_to_the_same_predictions(
+    kill, straight, files, student, tmp_path, capsys
+):
+    out = tmp_path / "e"
+    args = [*command_args("eval", files["good"], out, student), "--limit", "12"]
+    count = KILLS.randint(2, 6)  # run.json, the predictions file, then one per batch of 4
+    assert spawn(*args, kill=("os:fsync", count)).returncode == -9
+    assert_ok(run(capsys, *args, "--resume"))
+    expected = (straight["eval"] / "predictions.jsonl").read_bytes()
+    assert (out / "predictions.jsonl").read_bytes() == expected, f"killed at fsync {count}"
+
+
+@pytest.fixture(scope="module")
+def straight_training(files, student, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "straight"
+    code = main([str(a) for a in command_args("train", files["good"], out, student)])
+    assert code == 0
+    return out
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "cd_fast.train.trainer:Trainer._apply_update",
+        "cd_fast.train.trainer:Trainer._apply_update",
+        "cd_fast.train.checkpoint:save_file",  # inside a checkpoint's writing
+    ],
+)
+def test_train_killed_resumes_to_the_same_losses_and_weights(
+    target, straight_training, files, student, tmp_path, capsys
+):
+    out = tmp_path / "t"
+    args = command_args("train", files["good"], out, student)
+    count = KILLS.randint(1, 4) if "update" in target else KILLS.randint(1, 2)
+    assert spawn(*args, kill=(target, count)).returncode == -9
+    again = run(capsys, *args) if not list(out.glob("checkpoint-*")) else None
+    if again is None:
+        assert_error(run(capsys, *args), "pass --resume")
+        assert_ok(run(capsys, *args, "--resume"))
+    else:
+        assert_ok(again)  # killed before its first checkpoint: a plain rerun starts over
+    assert losses(out) == losses(straight_training), f"killed at call {count} of {target}"
+    assert not list(out.glob(".checkpoint-*")), "a killed checkpoint's staging folder was left"
+    expected = load_file(straight_training / "final" / "model.safetensors")
+    got = load_file(out / "final" / "model.safetensors")
+    assert got.keys() == expected.keys() and all((got[k] == expected[k]).all() for k in got)
+
+
+def test_segment_killed_leaves_the_earlier_output(files, tmp_path, capsys):
+    out = tmp_path / "s.jsonl"
+    out.write_text("earlier\n")
+    assert spawn("segment", files["good"], "-o", out, kill=("os:fsync", 1)).returncode == -9
+    assert out.read_text() == "earlier\n"
+    out.unlink()
+    assert_ok(run(capsys, "segment", files["good"], "-o", out))
