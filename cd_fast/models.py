@@ -89,8 +89,16 @@ def _loading(spec: str | Path) -> Iterator[None]:
     """One clear line when transformers cannot find a model (it says 'repo id' or 'connect')."""
     try:
         yield
-    except (OSError, HFValidationError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except (OSError, ValueError) as error:
+        local = Path(spec).expanduser().exists()
+        if not (local or isinstance(error, (OSError, HFValidationError))):
+            raise
+        reason = " ".join(str(error).split())[:240] or type(error).__name__
+        if local:
+            raise ValueError(
+                f"cannot load model {str(spec)!r} ({reason}): point to a transformers model "
+                "folder (config.json, weights, tokenizer) or a .gguf file"
+            ) from error
         raise ValueError(
             f"cannot load model {str(spec)!r}: no such local folder, and the Hugging Face hub "
             f"could not provide it ({reason}): check the path or the hub id (and the network, "

@@ -38,7 +38,12 @@ def choose_device(requested: str | torch.device | None = None) -> torch.device:
     an index gets this process's local rank (torch.cuda.set_device needs an index)."""
     if requested is None:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device {requested!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {requested}: this machine has no CUDA GPU; use --device cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", rank_info().local_rank)
     return device

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from cd_fast.cli import build_parser, main
@@ -323,6 +324,21 @@ def test_missing_gguf_and_tokenizer_are_one_line(files, tmp_path, capsys):
     )
     args = command_args("compress", files["good"], tmp_path / "c.jsonl", tmp_path / "tok")
     assert_error(run(capsys, *args), "no such model folder")
+    (tmp_path / "tok").mkdir()  # a folder, but not a model's
+    assert_error(run(capsys, *args), "cannot load model", "point to a transformers model folder")
+
+
+def test_unusable_device_and_dead_rewrite_server_are_one_line(files, student, tmp_path, capsys):
+    args = [*command_args("score", files["good"], tmp_path / "s", student), "--device", "tpu"]
+    assert_error(run(capsys, *args), "--device 'tpu': expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        args[-1] = "cuda"
+        assert_error(run(capsys, *args), "no CUDA GPU; use --device cpu")
+    rewrite = ["compress", files["good"], "-o", tmp_path / "r.jsonl", "--method", "rewrite",
+               "--backend", "http", "--base-url", "http://127.0.0.1:9/v1", "--rewriter", "m",
+               "--tokenizer", student, "--retries", "0", "--timeout", "2"]  # fmt: skip
+    assert_error(run(capsys, *rewrite), "no answer after 1 attempts", "--resume")
+    assert not list(tmp_path.glob("r.jsonl*"))  # nothing was finished: nothing is left
 
 
 def test_unknown_hub_id_is_one_line(files, tmp_path):

@@ -41,6 +41,8 @@ def explain(error: BaseException, output: object = None) -> str | None:
         return str(error)
     if not isinstance(error, OSError):
         return None
+    if error.errno is None:  # raised with a message of its own
+        return str(error)
     name = error.filename or output or "the output"
     reason = error.strerror or str(error)
     if error.errno in _SPACE:

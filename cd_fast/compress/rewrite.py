@@ -119,16 +119,20 @@ class HTTPRewriter:
             except urllib.error.HTTPError as error:
                 detail = error.read().decode(errors="replace")[:300]
                 if error.code not in RETRY_STATUS or attempt == self.retries:
-                    raise RuntimeError(f"{self.url}: HTTP {error.code}: {detail}") from None
+                    raise ConnectionError(
+                        f"{self.url}: HTTP {error.code}: {detail}: check the server and the "
+                        "model name, then rerun with --resume"
+                    ) from None
                 reason = f"HTTP {error.code}"
             except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
                 if attempt == self.retries:
-                    raise RuntimeError(
-                        f"{self.url}: no answer after {self.retries + 1} attempts: {error}"
+                    raise ConnectionError(
+                        f"{self.url}: no answer after {self.retries + 1} attempts ({error}): start "
+                        "the server or fix --base-url, then rerun with --resume"
                     ) from None
                 reason = str(error)
             except (KeyError, IndexError, json.JSONDecodeError) as error:
-                raise RuntimeError(f"{self.url}: not an OpenAI chat completion: {error}") from None
+                raise ValueError(f"{self.url}: not an OpenAI chat completion: {error}") from None
             delay = self.backoff * 2**attempt
             logger.warning("%s: %s, retry %d in %.1f s", self.url, reason, attempt + 1, delay)
             time.sleep(delay)
