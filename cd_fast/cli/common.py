@@ -88,19 +88,8 @@ def reader_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def record_total(reader: TraceReader, limit: int | None) -> int | None:
-    """How many records the run will read, when that is cheap to know: --limit, the lines of a
-    plain JSONL (counted at disk speed), a Parquet file's row count; else None."""
-    known = None
-    if reader.progress_unit == "rows":
-        known = reader.progress_total
-    elif reader.source.kind == "jsonl" and reader.progress_total:
-        known = 0
-        with reader.source.path.open("rb") as handle:
-            last = b"\n"
-            for block in iter(lambda: handle.read(16 << 20), b""):
-                known += block.count(b"\n")
-                last = block[-1:]
-            known += last != b"\n"
+    """How many records the run will read, when cheap to know (the progress bar's total)."""
+    known = reader.count_hint()
     if limit is None:
         return known
     return limit if known is None else min(limit, known)

@@ -248,7 +248,7 @@ class _Converter:
 
 
 class _RawSource:
-    """(location, number, record-or-error) from one file, with progress in bytes or rows."""
+    """(location, number, record-or-error) from one file."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -266,18 +266,22 @@ class _RawSource:
             )
         if not path.is_file():
             raise DataError(self.name, "", "no such file")
-        self.progress = 0
+
+    def count_hint(self) -> int | None:
+        """How many records the file holds, when that is cheap to know: a Parquet row count,
+        the lines of a plain JSONL (counted at disk speed; blank ones too); else None."""
         if self.kind == "parquet":
             import pyarrow.parquet as pq
 
-            self.progress_unit = "rows"
-            self.progress_total = pq.ParquetFile(path).metadata.num_rows
-        elif path.suffix.lower() == ".gz":
-            self.progress_unit = "B"  # uncompressed bytes; the total is unknown up front
-            self.progress_total = 0
-        else:
-            self.progress_unit = "B"
-            self.progress_total = path.stat().st_size
+            return pq.ParquetFile(self.path).metadata.num_rows
+        if self.kind != "jsonl" or self.path.suffix.lower() == ".gz":
+            return None
+        lines, last = 0, b"\n"
+        with self.path.open("rb") as handle:
+            for block in iter(lambda: handle.read(16 << 20), b""):
+                lines += block.count(b"\n")
+                last = block[-1:]
+        return lines + (last != b"\n")
 
     def __iter__(self) -> Iterator[tuple[str, int, Any]]:
         if self.kind == "jsonl":
@@ -305,7 +309,6 @@ class _RawSource:
             ) from None
 
     def _jsonl_line(self, number: int, line: bytes) -> Iterator[tuple[str, int, Any]]:
-        self.progress += len(line)
         if number == 1:
             line = line.removeprefix(codecs.BOM_UTF8)
         if not line.strip():
@@ -327,7 +330,6 @@ class _RawSource:
             raise DataError(self.name, "", f"expected a JSON array of records, got {_kind(data)}")
         for number, record in enumerate(data, start=1):
             yield f"item {number}", number, record
-        self.progress = self.progress_total
 
     def _parquet(self) -> Iterator[tuple[str, int, Any]]:
         import pyarrow.parquet as pq
@@ -336,7 +338,6 @@ class _RawSource:
         for batch in pq.ParquetFile(self.path).iter_batches(batch_size=1024):
             for record in batch.to_pylist():
                 number += 1
-                self.progress = number
                 if isinstance(record.get("meta"), str):
                     with contextlib.suppress(json.JSONDecodeError):
                         record["meta"] = json.loads(record["meta"])
@@ -397,17 +398,9 @@ class TraceReader:
         self._join = join
         self._converter: _Converter | None = None
 
-    @property
-    def progress(self) -> int:
-        return self.source.progress
-
-    @property
-    def progress_total(self) -> int:
-        return self.source.progress_total
-
-    @property
-    def progress_unit(self) -> str:
-        return self.source.progress_unit
+    def count_hint(self) -> int | None:
+        """How many records the file holds, when cheap to know (for progress bars), else None."""
+        return self.source.count_hint()
 
     @property
     def records_read(self) -> int:
