@@ -60,6 +60,11 @@ class EvalConfig:
             raise ValueError("EvalConfig.model: name the student (folder, hub id or .gguf)")
         check_minimums(self)
 
+    def result_options(self) -> dict[str, Any]:
+        """The fields that decide the predictions (a run's manifest options): not the device,
+        batch size or backend."""
+        return {"model": self.model, "max_new_tokens": self.max_new_tokens, "stop": self.stop}
+
 
 class TransformersGenerator:
     def __init__(self, config: EvalConfig):
@@ -173,7 +178,7 @@ def evaluate(
         raise ValueError(f"{run_dir} is a file: eval writes a run folder; choose another -o")
     base = read_metrics(Path(baseline)) if baseline else None
     manifest = manifest or run_manifest("eval", {}, {})
-    manifest = {**manifest, "options": {**manifest["options"], **_result_options(config)}}
+    manifest = {**manifest, "options": {**manifest["options"], **config.result_options()}}
     # the model loads (or is refused) before the run folder exists
     generate = generator or (
         VLLMGenerator(config) if config.backend == "vllm" else TransformersGenerator(config)
@@ -181,11 +186,6 @@ def evaluate(
     with RunLock(run_dir / ".lock", str(run_dir)):
         done = _resume_predictions(run_dir, manifest, resume)
         return _evaluate(traces, run_dir, config, done, base, generate, on_progress)
-
-
-def _result_options(config: EvalConfig) -> dict[str, Any]:
-    """The EvalConfig fields that decide the predictions (not the device or batch size)."""
-    return {"model": config.model, "max_new_tokens": config.max_new_tokens, "stop": config.stop}
 
 
 def _resume_predictions(

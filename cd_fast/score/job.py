@@ -32,15 +32,14 @@ def score_file(
     `manifest` (cd_fast.runs.run_manifest) names the inputs and reading options; --resume
     under another one is refused. `on_progress(n)` gets the records finished since its last
     call."""
-    ranks = rank_info()
-    rank, _world = ranks.rank, ranks.world_size
+    rank = rank_info().rank
     if loaded is None and not config.model:
         raise ValueError("ScoreConfig.model: name the scorer LM (folder, hub id or .gguf)")
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output} is a file: score writes a folder; choose another -o")
     if manifest is None:
         manifest = run_manifest("score", {"input": reader.source.path}, {"limit": limit})
-    manifest = {**manifest, "options": {**manifest["options"], **_result_options(config)}}
+    manifest = {**manifest, "options": {**manifest["options"], **config.result_options()}}
     existing = read_manifest(output) if rank == 0 else None  # rank 0 checks and starts the run
     if existing is not None and not any(output.glob("shard-*.parquet")):
         existing = None  # a run that stopped before its first shard: nothing to keep
@@ -62,17 +61,6 @@ def score_file(
         if existing is None and rank == 0:
             write_manifest(output, manifest)
         return _score_shards(reader, output, scorer, manifest, on_progress, limit)
-
-
-def _result_options(config: ScoreConfig) -> dict[str, Any]:
-    """The ScoreConfig fields that decide what is written (not device, threads, batch size)."""
-    return {
-        "model": config.model,
-        "shard_size": config.shard_size,
-        "window": config.window,
-        "overlap": config.overlap,
-        "target_template": config.target_template,
-    }
 
 
 def _score_shards(

@@ -79,6 +79,12 @@ class ScoreConfig:
         check_minimums(self)
         check_target_template(self.target_template)
 
+    def result_options(self) -> dict[str, Any]:
+        """The fields that decide what a run writes (its manifest's options): not the device,
+        threads, batch or chunk sizes."""
+        keys = ("model", "shard_size", "window", "overlap", "target_template")
+        return {key: getattr(self, key) for key in keys}
+
 
 @dataclass
 class _Window:
