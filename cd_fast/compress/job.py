@@ -281,8 +281,7 @@ def compress_file(
             output.parent.mkdir(parents=True, exist_ok=True)
             with AtomicWriter(state) as handle:
                 handle.write(json.dumps({"manifest": manifest}) + "\n")
-            with AtomicWriter(partial) as handle:
-                pass
+            partial.write_bytes(b"")  # a new run's records start empty (an old run's are dropped)
         try:
             return _run(records, output, config, engine, progress, on_progress)
         except BaseException:
