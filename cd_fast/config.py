@@ -182,6 +182,7 @@ def add_config_arguments(
         else:
             if _takes_list(kind):
                 options["nargs"] = "+"
+                kind = (typing.get_args(kind) or (str,))[0]
             options["type"] = kind if kind in (int, float) else str
             if meta["minimum"] is not None:
                 options["type"] = at_least(kind, meta["minimum"])

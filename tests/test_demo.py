@@ -34,28 +34,33 @@ def test_demo_runs_end_to_end_and_reports(cdfast, tmp_path):
     # The kernels' own tests cover the Triton interpreter; here it would make the run 8x slower.
     out = tmp_path / "demo"
     done = cdfast(
-        *("demo", "--size", "micro", "-o", out, "--device", "cpu"),
+        *("demo", "--size", "micro", "-o", out, "--device", "cpu", "--budgets", "0.5"),
         env={"TRITON_INTERPRET": None},
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "demo.json").read_text())
     runs = results["runs"]
-    assert set(runs) == {"original", "token-surprisal", "step-surprisal", "truncate"}
+    assert set(runs) == {"original", "token@0.5", "step@0.5", "truncate@0.5"}
     for name, run in runs.items():
         assert f"| {name} |" in done.stdout
         assert Path(run["model"], "config.json").is_file()
         assert 0 <= run["accuracy"] <= 1 and run["mean_output_tokens"] > 0
         assert (out / f"eval-{name}" / "predictions.jsonl").is_file()
-    for name in ("token-surprisal", "step-surprisal", "truncate"):
+    for name in ("token@0.5", "step@0.5", "truncate@0.5"):
         assert runs[name]["train_label_tokens"] < runs["original"]["train_label_tokens"]
-        assert runs[name]["ratio_tokens"] < 0.8
+        assert abs(runs[name]["ratio_tokens"] - 0.5) <= 0.02 and runs[name]["budget"] == 0.5
     assert (out / "report.md").is_file() and list(out.glob("report-0-*.png"))
+    explained = [json.loads(x) for x in (out / "data" / "step@0.5.jsonl").open()]
+    assert all(r["meta"]["compression"]["explain"]["dropped"] for r in explained)
+    page = cdfast("report", "--html", out, "--traces", "2", "-o", tmp_path / "p.html")
+    assert page.returncode == 0 and "(6 traces)" in page.stdout, page.stderr
 
     report = cdfast("report", out, "-o", tmp_path / "r.md", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     text = (tmp_path / "r.md").read_text()
-    assert "accuracy / 1k tokens" in text and "r-0-tradeoff.png" in text
+    assert "accuracy / 1k tokens" in text and "| asked budget |" in text
+    assert "r-0-tradeoff.png" in text
     assert (tmp_path / "r-0-tradeoff.png").stat().st_size > 1000
 
 
@@ -66,6 +71,7 @@ def test_demo_on_user_traces(shared_data, cdfast, tmp_path):
     out = tmp_path / "demo"
     done = cdfast(
         *("demo", "--size", "micro", "--traces", traces, "-o", out, "--device", "cpu"),
+        *("--budgets", "0.5"),
         env={"TRITON_INTERPRET": None},
         cwd=tmp_path,
     )

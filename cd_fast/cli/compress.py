@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_job_arguments,
+    check_output_paths,
     job_manifest,
     open_reader,
     record_total,
@@ -24,13 +26,16 @@ HELP = "compress traces: token/step pruning by importance, truncation, generativ
 DESCRIPTION = f"""Compress each trace to a token budget, counted with the student's tokenizer.
 
 methods (--method) and criteria (--criterion):
-  token     keep the most important tokens: surprisal (LLMLingua-style self-information),
-            entropy, random; numbers, operators, LaTeX math and the final answer are protected
-            (--no-protect to switch off); text is rebuilt from character spans, no fused words
-  step      drop the least important reasoning steps (C++ segmenter): surprisal (mean step
-            surprisal), entropy (summed step entropy), answer-delta (how much the answer's loss
-            under the scorer rises without the step, SPIRIT-style), random. The first step and
-            the steps stating the answer stay; order is kept
+  token     keep whole words in priority order: the final answer, the numbers and operators
+            of the value-flow chain, then the rest by surprisal | entropy | random (markdown
+            decoration first to go; --no-protect: importance only); the count is bisected on
+            the re-tokenised text so the student's-token ratio lands on the budget
+  step      drop whole units (--granularity paragraph | sentence; a question stays with its
+            answer) by value-flow (no model: the units whose numbers the answer depends on),
+            surprisal | entropy (--aggregation sum | mean | max), answer-delta (the answer's
+            loss increase without the unit, SPIRIT-style), random. The sentences stating the
+            answer stay; order is kept. --compare-criteria prints the Jaccard overlap of the
+            units each pair of criteria keeps at --compare-budgets instead
   truncate  keep the head of the trace; --match-lengths OTHER.jsonl gives each record the
             length of its counterpart in another method's output
   rewrite   an instruct model rewrites the trace: --level 1 deletes words only, 2 a concise
@@ -40,11 +45,16 @@ methods (--method) and criteria (--criterion):
 Scores come from --scores DIR (the output of `cdfast score` on the same file) or are computed
 with --scorer MODEL. When a compressed trace lost the original's final answer (\\boxed{{}},
 "Answer:", "####" or the last number), --on-lost-answer expands it, keeps the original or
-drops the record. Output: the records with `trace` compressed and meta.compression, plus
-OUT.summary.json; --resume continues a killed run.
+drops the record. Output: the records with `trace` compressed and meta.compression (asked and
+reached tokens, the reason when a record misses its share; --explain adds the dropped spans with
+scores and reasons, which `cdfast report --html` renders), plus OUT.summary.json; --resume
+continues a killed run.
 
 examples:
   cdfast compress traces.jsonl -o token30.jsonl --method token --budget 0.3 --scores scores/
+  cdfast compress traces.jsonl -o step30.jsonl --method step --budget 0.3 --explain \\
+      --tokenizer Qwen/Qwen2.5-0.5B-Instruct
+  cdfast compress traces.jsonl -o agreement.md --method step --compare-criteria --scores scores/
   cdfast compress traces.jsonl -o step30.jsonl --method step --criterion answer-delta \\
       --budget 0.3 --scorer ~/.cache/cd_fast/models/SmolLM2-135M-Instruct.Q4_1.gguf
   cdfast compress traces.jsonl -o trunc.jsonl --method truncate --match-lengths step30.jsonl \\
@@ -65,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(CompressConfig, args)
     reader = open_reader(args)
+    if config.compare_criteria:
+        return compare_criteria(config, reader, args)
     manifest = job_manifest(
         "compress",
         args,
@@ -92,6 +104,44 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_criteria(config: CompressConfig, reader, args: argparse.Namespace) -> int:
+    """--compare-criteria: the agreement table instead of compressed traces."""
+    from cd_fast.compress.agreement import agreement_table, criteria_agreement
+    from cd_fast.data.writer import AtomicWriter
+    from cd_fast.runtime import take
+
+    check_output_paths(args.output, args.input, args.prompts)
+    engine = build_engine(dataclasses.replace(config, method="step"))
+    traces = [t for t in take(reader, args.limit) if t.trace.strip()]
+    rows = criteria_agreement(
+        traces,
+        engine.config,
+        engine.counter,
+        scorer=engine.scorer,
+        scores=engine.scores,
+        budgets=tuple(config.compare_budgets),
+    )
+    table = agreement_table(rows)
+    report_skips(reader)
+    title = (
+        f"Jaccard overlap of the steps kept ({len(traces)} traces, {config.granularity} units, "
+        f"{config.aggregation} aggregation)"
+    )
+    print(f"{title}\n\n{table}")
+    with AtomicWriter(args.output) as handle:
+        handle.write(f"# {title}\n\n{table}\n")
+    return 0
+
+
+def budget_line(summary: dict) -> str:
+    """Asked against reached, and why records missed their share."""
+    line = f"asked {summary['ratio_asked']:.3f}, reached {summary['ratio_tokens']:.3f}"
+    if summary["records_missing_budget"]:
+        reasons = "; ".join(f"{n}: {why}" for why, n in summary["budget_miss_reasons"].items())
+        line += f"; {summary['records_missing_budget']} records off their share ({reasons})"
+    return line
+
+
 def print_summary(summary: dict, output: Path) -> None:
     answers = summary["answers_in_original"]
     kept = summary["answers_kept"]
@@ -115,6 +165,7 @@ def print_summary(summary: dict, output: Path) -> None:
             f"p50 {summary['ratio_p50']:.3f}, p90 {summary['ratio_p90']:.3f}",
         ),
         ("ratio (chars)", f"{summary['ratio_chars']:.3f}"),
+        ("budget", budget_line(summary)),
         (
             "answers kept",
             f"{kept}/{answers} ({summary['records_expanded']} expanded, "

@@ -10,25 +10,28 @@ NAME = "demo"
 HELP = "run the whole pipeline on an embedded default and print the paper-style table"
 DESCRIPTION = """Generates a verifiable multi-step math dataset with verbose teacher-style traces
 (restating, "Wait, let me double-check...", abandoned paths), trains a BPE tokenizer and a
-student on the original traces (that student also scores the traces), compresses them by token
-pruning, step pruning and truncation (and rewriting with --rewriter), trains a student on each
-compressed set from the same initial weights, evaluates every student on held-out questions and
-prints the table: training tokens, training time, accuracy, output tokens and accuracy per 1k
-tokens, each relative to the original. Everything lands in --output (data, models, evals,
-demo.json, report.md + PNG plots).
+student on the original traces (that student also scores the traces), compresses them at each
+budget by token pruning (surprisal), step pruning (value flow) and truncation to the
+step-pruned lengths (and rewriting with --rewriter), trains a student on each compressed set
+from the same initial weights, evaluates every student on held-out questions and prints the
+table: asked budget, realised training-token ratio, the student's output-length ratio, training
+time, accuracy and accuracy per 1k output tokens, each relative to the original. Everything
+lands in --output (data with --explain records, models, evals, demo.json, report.md and the
+trade-off plots); `cdfast report --html DIR` shows what each method kept.
 
 sizes: micro (a one-minute smoke test: numbers mean little), tiny (2 CPU cores, under 10
-minutes), small and base (a GPU).
+minutes: 2,000 training traces, 300 held-out questions), small and base (a GPU).
 
 examples:
   cdfast demo --size tiny
-  cdfast demo --size small --budget 0.3 -o demo-small
+  cdfast demo --size small --budgets 0.1 0.3 0.5 -o demo-small
   cdfast demo --traces my_traces.jsonl -o demo-mine      # your traces (records with gold)
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cd_fast.demo import SIZES
+    from cd_fast.demo.pipeline import BUDGETS
 
     parser.add_argument(
         "--size",
@@ -44,7 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for the data, the runs and report.md",
     )
     parser.add_argument("--traces", type=Path, help="use these traces instead of generated ones")
-    parser.add_argument("--budget", type=float, default=0.5, help="fraction of tokens kept")
+    parser.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        default=list(BUDGETS),
+        metavar="B",
+        help="fractions of tokens kept; each method runs at each budget",
+    )
     parser.add_argument("--rewriter", help="also rewrite (level 2) with this local instruct model")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated dataset")
@@ -54,9 +64,15 @@ def run(args: argparse.Namespace) -> int:
     from cd_fast.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not 0 < args.budget <= 1:
-        raise ValueError(f"--budget must be in (0, 1], got {args.budget}")
+    if not all(0 < b <= 1 for b in args.budgets):
+        raise ValueError(f"--budgets must be in (0, 1], got {args.budgets}")
     run_demo(
-        args.output, args.size, args.traces, args.budget, args.rewriter, args.device, args.seed
+        args.output,
+        args.size,
+        args.traces,
+        tuple(args.budgets),
+        args.rewriter,
+        args.device,
+        args.seed,
     )
     return 0

@@ -1,20 +1,32 @@
-"""`cdfast report`: a markdown report with plots from saved demo runs."""
+"""`cdfast report`: a markdown report with plots from saved demo runs, or (--html) a page that
+shows what compression kept and dropped."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from cd_fast.config import at_least
+
 NAME = "report"
-HELP = "markdown report (trade-off plot, training-time bars) from demo run folders"
+HELP = "markdown report from demo runs; --html: the kept and dropped text of explained traces"
 DESCRIPTION = """Reads each RUN_DIR's demo.json and writes a markdown report: per run the table of
-training tokens, training time, accuracy, output tokens and accuracy per 1k tokens (relative to
-the student trained on the original traces), the accuracy-vs-output-tokens trade-off plot and
-the training-time bars (PNG files beside the report).
+asked budget, realised training-token ratio, the student's output-length ratio, training time,
+accuracy and accuracy per 1k output tokens (relative to the student trained on the original
+traces), and the plots of accuracy against training tokens and against output tokens, one curve
+per method (PNG files beside the report).
+
+With --html, each input is a `cdfast compress --explain` output (or a demo folder, whose
+compressed sets are explained): a static page renders the first --traces records of each, kept
+text plain and dropped text struck through, coloured by its score; hovering shows the score and
+the criterion's reason.
 
 examples:
   cdfast report cdfast-demo
   cdfast report demo-tiny demo-small -o reports/compare.md
+  cdfast compress traces.jsonl -o step30.jsonl --method step --budget 0.3 --explain \\
+      --tokenizer Qwen/Qwen2.5-0.5B-Instruct
+  cdfast report --html step30.jsonl -o step30.html
 """
 
 
@@ -23,17 +35,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "runs",
         type=Path,
         nargs="+",
-        metavar="RUN_DIR",
-        help="demo output folders (each holds demo.json)",
+        metavar="RUN",
+        help="demo output folders (each holds demo.json); with --html also compressed .jsonl",
     )
     parser.add_argument(
-        "-o", "--output", type=Path, default=Path("report.md"), help="the markdown report to write"
+        "--html",
+        action="store_true",
+        help="render explained compressed traces as an HTML page instead",
+    )
+    parser.add_argument(
+        "--traces",
+        type=at_least(int, 1),
+        default=20,
+        help="--html: records rendered per input",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="the report to write (default: report.md, or report.html with --html)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.html:
+        from cd_fast.compress.html import write_html
+
+        output = args.output or Path("report.html")
+        count = write_html(args.runs, output, args.traces)
+        print(f"wrote {output} ({count} traces)")
+        return 0
     from cd_fast.demo import write_report
 
-    print(write_report(args.runs, args.output))
-    print(f"\nwrote {args.output}")
+    output = args.output or Path("report.md")
+    print(write_report(args.runs, output))
+    print(f"\nwrote {output}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cd_fast.compress.backbone import GRANULARITIES
 from cd_fast.compress.methods import METHODS
 from cd_fast.config import check_minimums, option
 from cd_fast.formats import DEFAULT_TARGET_TEMPLATE, check_target_template
@@ -13,6 +14,7 @@ CRITERIA = tuple(dict.fromkeys(c for method in METHODS.values() for c in method.
 KEEP, MODELS, REWRITE = "what to keep", "scores and models", "rewriting (--method rewrite)"
 LOST_ANSWER_POLICIES = ("expand", "original", "drop")
 BACKENDS = ("local", "http", "vllm")
+AGGREGATIONS = ("sum", "mean", "max")
 
 
 @dataclass
@@ -61,9 +63,40 @@ class CompressConfig:
         None,
         choices=CRITERIA,
         group=KEEP,
-        help="Importance: token: surprisal | entropy | random; step: surprisal (mean step "
-        "surprisal), entropy (summed step entropy), answer-delta (answer loss increase without "
-        "the step), random. Default: surprisal.",
+        help="Importance. token: surprisal (-log p of the token under the scorer LM) | entropy "
+        "(of the scorer's next-token distribution) | random. step: value-flow (no model: the "
+        "steps whose numbers a later kept step or the answer uses) | surprisal | entropy "
+        "(aggregated over the step's tokens by --aggregation) | answer-delta (how much the "
+        "answer's loss rises without the step) | random. Default: the first of each list.",
+    )
+    granularity: str = option(
+        "paragraph",
+        choices=GRANULARITIES,
+        group=KEEP,
+        help="step: the unit kept or dropped: paragraph (text between line breaks, with its "
+        "discourse marker) or sentence; a unit ending in a question stays with its answer.",
+    )
+    aggregation: str = option(
+        "sum",
+        choices=AGGREGATIONS,
+        group=KEEP,
+        help="step, surprisal and entropy: a step's score is the sum, mean or max of its tokens' "
+        "scores.",
+    )
+    max_ablations: int = option(
+        64,
+        minimum=1,
+        group=KEEP,
+        help="step, answer-delta: at most this many ablations per trace (beyond it, runs of "
+        "consecutive steps are cut together), so the cost is at most this many + 1 forward "
+        "passes of the trace.",
+    )
+    explain: bool = option(
+        False,
+        group=KEEP,
+        help="Store per record, in meta.compression.explain, the dropped spans with their "
+        "scores and the criterion's reason, and the original trace (`cdfast report --html` "
+        "renders them).",
     )
     adaptive: bool = option(
         False,
@@ -74,7 +107,9 @@ class CompressConfig:
     protect: bool = option(
         True,
         group=KEEP,
-        help="Token pruning keeps numbers, operators, LaTeX math and the final answer.",
+        help="Token pruning keeps tokens in priority order: the final answer, the numbers and "
+        "operators of the value-flow chain, then the rest by importance (markdown decoration "
+        "last). --no-protect ranks by importance alone.",
     )
     on_lost_answer: str = option(
         "expand",
@@ -165,6 +200,20 @@ class CompressConfig:
         "its counterpart (by id) there.",
     )
 
+    compare_criteria: bool = option(
+        False,
+        group=KEEP,
+        help="Instead of compressing, print (and write to -o, markdown) the mean Jaccard overlap "
+        "of the steps kept by each pair of step criteria at each --compare-budgets, at "
+        "--granularity and --aggregation.",
+    )
+    compare_budgets: list[float] = option(
+        default_factory=lambda: [0.1, 0.3, 0.5],
+        group=KEEP,
+        metavar="B",
+        help="--compare-criteria: the budgets compared.",
+    )
+
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
@@ -188,6 +237,16 @@ class CompressConfig:
             raise ValueError(f"on_lost_answer must be one of {LOST_ANSWER_POLICIES}")
         if self.level not in (1, 2, 3):
             raise ValueError(f"level must be 1, 2 or 3, got {self.level}")
+        if not all(0 < b <= 1 for b in self.compare_budgets):
+            raise ValueError(f"compare_budgets must be in (0, 1], got {self.compare_budgets}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}")
+        if self.explain and self.method == "rewrite":
+            raise ValueError(
+                "--explain applies to token, step and truncate (a rewrite has no dropped spans)"
+            )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}")
         if self.timeout <= 0:
@@ -204,6 +263,16 @@ class CompressConfig:
         return {
             "method": self.method,
             "criterion": self.criterion,
+            **(
+                {"granularity": self.granularity}
+                | (
+                    {"aggregation": self.aggregation}
+                    if self.criterion in ("surprisal", "entropy")
+                    else {}
+                )
+                if self.method == "step"
+                else {}
+            ),
             "level": self.level if self.method == "rewrite" else None,
             "budget": self.target_tokens if self.target_tokens is not None else self.budget,
         }

@@ -37,6 +37,8 @@ class RecordResult:
     answer_kept: bool | None  # after the policy; None when the original lacks the answer
     action: str  # compressed | expanded | original | dropped
     kept_steps: int | None = None
+    asked_tokens: int | None = None  # the record's share of the budget
+    budget_miss: str | None = None  # why tokens_after misses asked_tokens, when it does
 
 
 def adaptive_targets(lengths: np.ndarray, difficulty: np.ndarray, ratio: float) -> np.ndarray:
@@ -135,7 +137,8 @@ class Compressor:
         self.seconds["scoring"] += time.perf_counter() - tic
         return found
 
-    def _items(self, traces: list[Trace]) -> list[Item]:
+    def items(self, traces: list[Trace]) -> list[Item]:
+        """The records as Items: steps segmented, counted, scored."""
         missing = [i for i, t in enumerate(traces) if t.steps is None]
         if missing:
             segmented = segment_steps([traces[i].trace for i in missing])
@@ -204,7 +207,7 @@ class Compressor:
     # ---- the batch ----
 
     def __call__(self, traces: list[Trace]) -> list[RecordResult]:
-        items = self._items(traces)
+        items = self.items(traces)
         counts = np.asarray([item.count for item in items], dtype=np.int64)
         targets = self._targets(items)
         views = self.method.prepare(items, targets)
@@ -214,15 +217,41 @@ class Compressor:
         )
         tic = time.perf_counter()
         results = self._select_to_plan(items, views, targets, counts, floors)
-        for result, target in zip(results, targets.tolist(), strict=True):
+        for i, (result, target) in enumerate(zip(results, targets.tolist(), strict=True)):
             if result.trace is None:
                 continue
             if self.carries_debt:
                 self.debt += result.tokens_after - target
             info = result.trace.meta["compression"]
             info["ratio_tokens"] = round(result.tokens_after / max(result.tokens_before, 1), 4)
+            info["asked_tokens"], info["tokens"] = target, result.tokens_after
+            reason = self._budget_miss(result, target, int(floors[i]))
+            if reason:
+                info["budget_miss"] = reason
+            results[i] = dataclasses.replace(result, asked_tokens=target, budget_miss=reason)
         self.seconds["selection"] += time.perf_counter() - tic
         return results
+
+    def _budget_miss(self, result: RecordResult, target: int, floor: int) -> str | None:
+        """Why a record kept more or less than its share of the budget (None when it did
+        not): a carried budget lets records trade tokens, so only misses of more than 2 % (and
+        2 tokens) are reported."""
+        if abs(result.tokens_after - target) <= max(2, 0.02 * target):
+            return None
+        if result.tokens_after < target:
+            if self.config.method == "step":
+                return "under: the next step would overshoot the share by more than it misses"
+            return "under: gave tokens to records over their share"
+        if result.action == "expanded":
+            return "over: the step stating the answer was put back"
+        if result.action == "original":
+            return "over: the answer was lost, so the original was kept"
+        if floor > target:
+            what = "the steps stating the answer" if self.config.method == "step" else "the answer"
+            return f"over: {what} alone take {floor} tokens"
+        if self.config.method == "step":
+            return "over: the steps kept are larger than the share"
+        return "over: took budget other records saved"
 
     def _select_to_plan(
         self,
@@ -268,7 +297,7 @@ class Compressor:
         c = self.config
         trace, answer, text = item.trace, item.answer, selection.text
         in_original = contains_answer(trace.trace, answer)
-        action = "compressed"
+        action, restored = "compressed", None
         if in_original and not contains_answer(text, answer):
             if c.on_lost_answer == "drop":
                 return RecordResult(
@@ -286,7 +315,8 @@ class Compressor:
             if c.on_lost_answer == "original":
                 text, action = trace.trace, "original"
             else:
-                text, action = _expand(trace, text, selection.spans, answer), "expanded"
+                text, restored = _expand(trace, text, selection.spans, answer)
+                action = "expanded"
         answer_kept = contains_answer(text, answer) if in_original else None
         meta = dict(trace.meta)
         meta["compression"] = {
@@ -299,7 +329,9 @@ class Compressor:
         }
         if c.adaptive:
             meta["compression"]["adaptive"] = True
-        if c.keep_original:
+        if c.explain:
+            meta["compression"]["explain"] = _explanation(trace.trace, selection, action, restored)
+        if c.keep_original or c.explain:
             meta["original_trace"] = trace.trace
         return RecordResult(
             id=trace.id,
@@ -315,17 +347,40 @@ class Compressor:
         )
 
 
+def _explanation(
+    original: str, selection: Selection, action: str, restored: tuple[int, int] | None
+) -> dict:
+    """The explain entry: each dropped span with its text, score and reason; none when the
+    original was kept whole, and the `restored` answer step cut out of the dropped spans."""
+    if action == "original":
+        return {"dropped": []}
+    dropped = []
+    for entry in selection.dropped or []:
+        pieces = [(entry["start"], entry["end"])]
+        if restored is not None:
+            pieces = [
+                (a, b)
+                for a, b in (
+                    (entry["start"], min(entry["end"], restored[0])),
+                    (max(entry["start"], restored[1]), entry["end"]),
+                )
+                if b > a
+            ]
+        dropped += [{**entry, "start": a, "end": b, "text": original[a:b]} for a, b in pieces]
+    return {"dropped": dropped}
+
+
 def _expand(
     trace: Trace, text: str, spans: list[tuple[int, int]] | None, answer: str | None
-) -> str:
+) -> tuple[str, tuple[int, int] | None]:
     """Put back the original step that states the answer: in place among kept spans, after the
-    text of a rewrite."""
+    text of a rewrite. Returns the text and the step's span (None: the whole original)."""
     steps = np.asarray(trace.steps, dtype=np.int64).reshape(-1, 2)
     at = answer_position(trace.trace, answer)
     if at is None or not len(steps):
-        return trace.trace
+        return trace.trace, None
     a, b = steps[step_at(steps, at)].tolist()
     if spans is not None:
-        return join_spans(trace.trace, [*spans, (a, b)])
+        return join_spans(trace.trace, [*spans, (a, b)]), (a, b)
     sentence = trace.trace[a:b].strip()
-    return f"{text.rstrip()}\n{sentence}" if text.strip() else sentence
+    return (f"{text.rstrip()}\n{sentence}" if text.strip() else sentence), (a, b)

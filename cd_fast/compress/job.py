@@ -11,6 +11,7 @@ partial file is renamed to OUT and the summary goes to OUT.summary.json.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
@@ -42,6 +43,8 @@ STATE_FIELDS = (
     "answer_kept",
     "action",
     "kept_steps",
+    "asked_tokens",
+    "budget_miss",
 )
 
 
@@ -66,6 +69,7 @@ def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: Com
         a: sum(r["action"] == a for r in rows)
         for a in ("compressed", "expanded", "original", "dropped", "empty")
     }
+    missed = collections.Counter(r["budget_miss"] for r in kept if r.get("budget_miss"))
     total_seconds = sum(seconds.values())
     percentiles = np.percentile(ratios, [10, 50, 90]) if len(ratios) else [0.0] * 3
     return {
@@ -77,6 +81,11 @@ def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: Com
         "tokens_after": after,
         "ratio_tokens": round(after / max(before_kept, 1), 4),
         "ratio_chars": round(chars_after / max(chars_before, 1), 4),
+        "ratio_asked": round(
+            sum(r.get("asked_tokens") or 0 for r in kept) / max(before_kept, 1), 4
+        ),
+        "records_missing_budget": sum(missed.values()),
+        "budget_miss_reasons": dict(missed.most_common()),
         "ratio_mean": round(float(ratios.mean()), 4) if len(ratios) else 0.0,
         "ratio_p10": round(float(percentiles[0]), 4),
         "ratio_p50": round(float(percentiles[1]), 4),

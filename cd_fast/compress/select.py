@@ -1,4 +1,4 @@
-"""Choosing what to keep: tokens or steps by importance under a token budget, the head of a
+"""Choosing what to keep: steps by importance under a token budget, the head of a
 trace, and turning kept character spans back into clean text."""
 
 from __future__ import annotations
@@ -66,31 +66,28 @@ def token_spans(offsets: np.ndarray, keep: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for (a, b), k in zip(offsets, keep, strict=True) if k]
 
 
-def select_tokens(importance: np.ndarray, protected: np.ndarray, keep: int) -> np.ndarray:
-    """bool mask: every protected token, then the most important others up to `keep` in all
-    (ties broken by position, so the choice is deterministic)."""
-    n = importance.size
-    mask = protected.copy()
-    room = keep - int(mask.sum())
-    if room > 0:
-        free = np.flatnonzero(~mask)
-        order = free[np.lexsort((free, -importance[free]))]
-        mask[order[:room]] = True
-    return mask if n else np.zeros(0, dtype=bool)
-
-
 def select_steps(
     importance: np.ndarray, step_tokens: np.ndarray, must_keep: np.ndarray, budget: int
 ) -> np.ndarray:
     """bool mask over steps: the must-keep steps, then steps in falling importance that still fit
-    the token budget (a step that does not fit is passed over for smaller ones)."""
+    the token budget (a step that does not fit is passed over for smaller ones). The first step
+    that does not fit is taken all the same when that lands nearer the budget than leaving it
+    (a carried budget evens the overshoot out over the next records), and so is it when
+    nothing else was kept, so a trace never comes out empty."""
     mask = must_keep.copy()
     used = int(step_tokens[mask].sum())
     candidates = np.flatnonzero(~mask)
+    nearest = None
     for step in candidates[np.lexsort((candidates, -importance[candidates]))]:
-        if used + step_tokens[step] <= budget:
+        size = int(step_tokens[step])
+        if used + size <= budget:
             mask[step] = True
-            used += int(step_tokens[step])
+            used += size
+        elif nearest is None:
+            nearest = step
+    nearer = nearest is not None and used + step_tokens[nearest] - budget < budget - used
+    if nearer or (nearest is not None and not mask.any()):  # never an empty trace
+        mask[nearest] = True
     return mask
 
 
@@ -105,8 +102,8 @@ def normalise(text: str) -> str:
     return re.sub(r"[\s$]|\\[,!;: ]", "", text).replace("\\left", "").replace("\\right", "")
 
 
-def answer_position(text: str, answer: str | None) -> int | None:
-    """Character offset of the last place `text` states `answer` (numbers match whole, so 72 is
+def answer_span(text: str, answer: str | None) -> tuple[int, int] | None:
+    """Character span of the last place `text` states `answer` (numbers match whole, so 72 is
     not found inside 172 or 7.25, and thousands separators are ignored), or None."""
     if not answer or not answer.strip():
         return None
@@ -115,9 +112,15 @@ def answer_position(text: str, answer: str | None) -> int | None:
         digits = answer.replace(",", "")
         number = re.compile(r"(?<![\d.])" + ",?".join(map(re.escape, digits)) + r"(?!\d|\.\d)")
         matches = list(number.finditer(text))
-        return matches[-1].start() if matches else None
+        return matches[-1].span() if matches else None
     at = text.rfind(answer)
-    return at if at >= 0 else None
+    return (at, at + len(answer)) if at >= 0 else None
+
+
+def answer_position(text: str, answer: str | None) -> int | None:
+    """Where the last statement of `answer` in `text` starts (see `answer_span`), or None."""
+    span = answer_span(text, answer)
+    return span[0] if span else None
 
 
 def contains_answer(text: str, answer: str | None) -> bool:

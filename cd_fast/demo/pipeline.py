@@ -1,9 +1,10 @@
 """`cdfast demo`: the whole pipeline on an embedded default, end to end, with the real stages.
 
 data (generated, or --traces) -> tokenizer (BPE trained here) -> student trained on the
-original traces, which also serves as the scorer -> segment + score -> compress (token, step,
-truncate; rewrite with --rewriter) -> a student per compressed set, from the same init ->
-eval of every student -> the paper-style table, relative to the original, and plots.
+original traces, which also serves as the scorer -> score -> compress at each budget: token
+pruning, step pruning (value flow), truncation to the step-pruned lengths (rewrite with
+--rewriter) -> a student per compressed set, from the same init -> eval of every student ->
+the paper-style table, relative to the original, and plots.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ class DemoSize:
 
 
 SIZES = {
-    "micro": DemoSize(240, 16, 48, 1, 2, 1, 4096, 3e-3, 96),  # the pipeline's smoke test (CI)
-    "tiny": DemoSize(1500, 100, 128, 3, 4, 5, 2048, 3e-3, 224),  # 2 CPU cores, < 10 min
-    "small": DemoSize(6000, 200, 256, 4, 4, 4, 16384, 2e-3, 256),  # a GPU
-    "base": DemoSize(30000, 500, 512, 8, 8, 4, 32768, 1e-3, 256),  # a GPU
+    "micro": DemoSize(240, 16, 48, 1, 2, 1, 4096, 3e-3, 128),  # the pipeline's smoke test (CI)
+    "tiny": DemoSize(1500, 300, 128, 3, 4, 3, 2048, 3e-3, 448),  # 2 CPU cores
+    "small": DemoSize(8000, 500, 256, 4, 4, 4, 16384, 2e-3, 448),  # a GPU
+    "base": DemoSize(30000, 1000, 512, 8, 8, 4, 32768, 1e-3, 448),  # a GPU
 }
-METHODS = (("token", "surprisal"), ("step", "surprisal"), ("truncate", None))
+BUDGETS = (0.3, 0.5)
+# Step pruning's criterion: value flow kept the backbone best on these traces (see README).
+STEP_CRITERION = "value-flow"
 
 
 def _student_init(tokenizer: Any, size: DemoSize, out: Path) -> Path:
@@ -103,8 +106,14 @@ def _train(
 
 
 def _compress(
-    traces: list[Trace], model_dir: str, budget: float, rewriter: str | None, out: Path, device: str
-) -> dict[str, tuple[list[Trace], dict]]:
+    traces: list[Trace],
+    model_dir: str,
+    budgets: tuple[float, ...],
+    rewriter: str | None,
+    out: Path,
+    device: str,
+) -> dict[str, dict[str, Any]]:
+    """Every compressed set, by run name: its records, summary, method and asked budget."""
     from cd_fast.compress import compress
     from cd_fast.models import load_causal_lm
     from cd_fast.score import Scorer
@@ -113,25 +122,39 @@ def _compress(
     scorer = Scorer(model, tokenizer)
     print("\n== scoring the original traces with the trained student", flush=True)
     scores = {record.id: record for record in scorer.score(traces)}
-    sets = {}
-    for method, criterion in METHODS:
-        options = {"criterion": criterion} if criterion else {}
-        result = compress(traces, method, budget, scorer=scorer, scores=scores, **options)
-        name = f"{method}-{criterion}" if criterion else method
-        sets[name] = (result.records, result.summary)
+    backend = None
     if rewriter:
         from cd_fast.compress.rewrite import LocalRewriter
 
-        print(f"\n== rewriting with {rewriter}", flush=True)
         backend = LocalRewriter(rewriter, device=device)
-        result = compress(traces, "rewrite", budget, counter=tokenizer, rewriter=backend)
-        sets["rewrite-l2"] = (result.records, result.summary)
-    for name, (records, summary) in sets.items():
-        write_jsonl(out / "data" / f"{name}.jsonl", records)
-        print(
-            f"{name}: ratio {summary['ratio_tokens']:.3f}, answers kept "
-            f"{summary['answers_kept']}/{summary['answers_in_original']}"
-        )
+    sets = {}
+    for budget in budgets:
+        common = {"scorer": scorer, "scores": scores, "explain": True}
+        token = compress(traces, "token", budget, criterion="surprisal", **common)
+        step = compress(traces, "step", budget, criterion=STEP_CRITERION, **common)
+        lengths = {r.id: r.meta["compression"]["tokens"] for r in step.records}
+        truncate = compress(traces, "truncate", budget, match_lengths=lengths, **common)
+        found = {"token": token, "step": step, "truncate": truncate}
+        if backend is not None:
+            print(f"\n== rewriting with {rewriter} at budget {budget}", flush=True)
+            found["rewrite"] = compress(
+                traces, "rewrite", budget, counter=tokenizer, rewriter=backend
+            )
+        for method, result in found.items():
+            name = f"{method}@{budget:g}"
+            sets[name] = {
+                "records": result.records,
+                "summary": result.summary,
+                "method": method,
+                "budget": budget,
+            }
+            write_jsonl(out / "data" / f"{name}.jsonl", result.records)
+            summary = result.summary
+            print(
+                f"{name}: asked {summary['ratio_asked']:.3f}, reached "
+                f"{summary['ratio_tokens']:.3f}, answers kept "
+                f"{summary['answers_kept']}/{summary['answers_in_original']}"
+            )
     return sets
 
 
@@ -150,7 +173,7 @@ def run_demo(
     out: Path,
     size_name: str = "tiny",
     traces: Path | None = None,
-    budget: float = 0.5,
+    budgets: tuple[float, ...] = BUDGETS,
     rewriter: str | None = None,
     device: str | None = None,
     seed: int = 0,
@@ -183,12 +206,20 @@ def run_demo(
     init = _student_init(tokenizer, size, out / "student-init")
 
     rows: dict[str, dict[str, Any]] = {
-        "original": _train("original", init, train, size, out, device)
+        "original": {
+            "method": "original",
+            "budget": 1.0,
+            **_train("original", init, train, size, out, device),
+        }
     }
-    sets = _compress(train, rows["original"]["model"], budget, rewriter, out, device)
-    for name, (records, summary) in sets.items():
-        rows[name] = _train(name, init, records, size, out, device)
-        rows[name]["ratio_tokens"] = summary["ratio_tokens"]
+    sets = _compress(train, rows["original"]["model"], budgets, rewriter, out, device)
+    for name, found in sets.items():
+        rows[name] = {
+            "method": found["method"],
+            "budget": found["budget"],
+            **_train(name, init, found["records"], size, out, device),
+            "ratio_tokens": found["summary"]["ratio_tokens"],
+        }
     rows["original"]["ratio_tokens"] = 1.0
 
     for name, row in rows.items():
@@ -203,7 +234,7 @@ def run_demo(
         row.update({k: metrics[k] for k in keys})
     results = {
         "size": size_name,
-        "budget": budget,
+        "budgets": list(budgets),
         "device": device,
         "train_records": len(train),
         "eval_records": len(evaluation),

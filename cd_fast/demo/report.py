@@ -1,5 +1,7 @@
-"""`cdfast report`: the paper-style table, the accuracy-vs-output-tokens trade-off plot and
-training-time bars, from the saved results of demo runs (demo.json)."""
+"""`cdfast report`: the paper-style table and the trade-off plots (accuracy against training
+tokens and against output tokens, one curve per method), from the saved results of demo runs
+(demo.json). The table keeps apart the three ratios the papers do: the asked budget, the
+realised training-token ratio and the student's output-length ratio at inference."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = (
     "run",
+    "asked budget",
     "train tokens",
+    "output tokens",
     "train time (s)",
     "accuracy",
-    "output tokens",
     "accuracy / 1k tokens",
 )
 
@@ -28,19 +31,23 @@ def _rows(run_dir: Path) -> tuple[str, list[dict[str, Any]]]:
     base = results["runs"]["original"]
     rows = []
     for name, run in results["runs"].items():
+        run.setdefault("method", name.split("@")[0])
         cells = {
             "run": name,
+            "asked budget": f"{run.get('budget', 1.0):g}",
             "train tokens": _relative(run, base, "train_label_tokens"),
+            "output tokens": _relative(run, base, "mean_output_tokens"),
             "train time (s)": _relative(run, base, "train_seconds"),
             "accuracy": _relative(run, base, "accuracy"),
-            "output tokens": _relative(run, base, "mean_output_tokens"),
             "accuracy / 1k tokens": _relative(run, base, "accuracy_per_1k_tokens"),
         }
         rows.append({**run, "run": name, "cells": cells})
+    budgets = results.get("budgets", [results.get("budget")])
     label = (
-        f"{Path(run_dir).name}: {results['size']} demo, budget {results['budget']}, "
-        f"{results['train_records']} training / {results['eval_records']} eval questions, "
-        f"{results['device']}"
+        f"{Path(run_dir).name}: {results['size']} demo, budgets "
+        f"{', '.join(f'{b:g}' for b in budgets)}, {results['train_records']} training / "
+        f"{results['eval_records']} eval questions, {results['device']}, "
+        f"{results['seconds']:g} s in all"
     )
     return label, rows
 
@@ -61,32 +68,44 @@ def _plots(rows: list[dict[str, Any]], out_dir: Path, stem: str) -> list[str]:
     except ImportError:
         logger.warning("matplotlib is not installed: the report has no plots")
         return []
-    trade = out_dir / f"{stem}-tradeoff.png"
-    figure, axis = plt.subplots(figsize=(6, 4))
+    original = next(r for r in rows if r["run"] == "original")
+    curves: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        axis.scatter(row["mean_output_tokens"], row["accuracy"], s=40)
-        axis.annotate(
-            row["run"],
-            (row["mean_output_tokens"], row["accuracy"]),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    axis.set_xlabel("mean output tokens")
-    axis.set_ylabel("accuracy")
-    axis.set_title("accuracy vs output length")
+        if row["run"] != "original":
+            curves.setdefault(row["method"], []).append(row)
+    path = out_dir / f"{stem}-tradeoff.png"
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, key, label in (
+        (axes[0], "train_label_tokens", "training tokens (x original)"),
+        (axes[1], "mean_output_tokens", "student's mean output tokens (x original)"),
+    ):
+        for method, points in curves.items():
+            points = sorted([*points, original], key=lambda r: r[key])
+            axis.plot(
+                [p[key] / max(original[key], 1e-9) for p in points],
+                [p["accuracy"] for p in points],
+                marker="o",
+                label=method,
+            )
+            for point in points[:-1] if points[-1] is original else points:
+                axis.annotate(
+                    f"{point.get('budget', 1):g}",
+                    (point[key] / max(original[key], 1e-9), point["accuracy"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        axis.scatter([1.0], [original["accuracy"]], color="black", zorder=3, label="original")
+        axis.set_xlabel(label)
+        axis.set_ylabel("accuracy")
+        axis.grid(alpha=0.3)
+    axes[0].set_title("accuracy vs training tokens")
+    axes[1].set_title("accuracy vs output length")
+    axes[1].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(trade, dpi=120)
+    figure.savefig(path, dpi=120)
     plt.close(figure)
-    bars = out_dir / f"{stem}-train-time.png"
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.bar([r["run"] for r in rows], [r["train_seconds"] for r in rows])
-    axis.set_ylabel("training time (s)")
-    axis.tick_params(axis="x", labelrotation=20)
-    figure.tight_layout()
-    figure.savefig(bars, dpi=120)
-    plt.close(figure)
-    return [trade.name, bars.name]
+    return [path.name]
 
 
 def write_report(run_dirs: list[Path], output: Path) -> str:
@@ -103,7 +122,8 @@ def write_report(run_dirs: list[Path], output: Path) -> str:
         plots = _plots(rows, output.parent, f"{output.stem}-{index}")
         parts.append(
             f"## {label}\n\n{table}\n\nRatios in brackets are to the student trained "
-            "on the original traces.\n"
+            "on the original traces. Train tokens: the realised training-token ratio; output "
+            "tokens: the student's mean answer length on the held-out questions.\n"
         )
         parts += [f"![{p}]({p})\n" for p in plots]
     output.write_text("\n".join(parts), encoding="utf-8")

@@ -1,5 +1,6 @@
 """Symbol-aware protection: which trace tokens carry the "logical core" that token-level pruning
-must keep: numbers, operators, LaTeX math (and code), variable names in equations, the answer."""
+must keep: numbers, operators, LaTeX math (and code), variable names in equations, the answer.
+Markdown decoration (bold markers, bullets, headings, rules) is formatting, not a symbol."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from cd_fast.formats import boxed_spans
 from cd_fast.segment import protected_spans
 
 OPERATORS = frozenset("=+*/^<>×÷−±∓≤≥≠≈≡∝√∑∏∫·∙∘%")
+_DECORATION = re.compile(
+    r"\*\*+|__+|^[ \t]*(?:[*+-]|#{1,6}|>)(?=[ \t])|^[ \t]*(?:-{3,}|\*{3,}|_{3,})[ \t]*$", re.M
+)
 _VARIABLE = re.compile(r"(?<![A-Za-z_])[A-Za-z](?:_?\d+|_\{?\w+\}?)?(?![A-Za-z_])")
 
 
@@ -29,6 +33,7 @@ def protected_chars(trace: str, answer: str | None = None) -> np.ndarray:
             left = trace[i - 1] if i else " "
             right = trace[i + 1] if i + 1 < n else " "
             keep[i] = not (left.isalpha() and right.isalpha())
+    keep &= ~decoration_chars(trace)
     for start, end in protected_spans(trace):  # LaTeX math and code fences
         keep[start:end] = True
     for match in _VARIABLE.finditer(trace):  # a lone letter next to an operator: a variable
@@ -48,6 +53,15 @@ def protected_chars(trace: str, answer: str | None = None) -> np.ndarray:
         if at >= 0:
             keep[at : at + len(answer)] = True
     return keep
+
+
+def decoration_chars(trace: str) -> np.ndarray:
+    """bool [len(trace)]: markdown decoration: **bold** and __ markers, bullet and heading
+    markers at the start of a line, horizontal rules."""
+    marks = np.zeros(len(trace), dtype=bool)
+    for match in _DECORATION.finditer(trace):
+        marks[match.start() : match.end()] = True
+    return marks
 
 
 def protected_tokens(

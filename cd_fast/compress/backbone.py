@@ -1,0 +1,154 @@
+"""The units step pruning keeps or drops, and the model-free value-flow criterion.
+
+Units, at the granularity a user picks:
+
+- ``sentence``: the segmenter's steps (``cd_fast.segment``);
+- ``paragraph``: the text between two line breaks (a blank line or a single line break ends a
+  unit, never inside LaTeX math or a code fence; a paragraph keeps its discourse marker,
+  "Wait, ..." at its head).
+
+At either granularity a unit that asks a question ("maybe I should multiply here instead?") is
+joined to the unit that answers it, so a selection keeps both or drops both.
+
+Value flow (no model): each number a unit uses has a *source*, the nearest earlier unit that
+holds it and does not merely restate an earlier one (a unit restates when its numbers, in
+order, run inside an earlier unit's: "let me check: 9 + 8 is 17" after "9 + 8 = 17"). The
+backbone is the dependency chain of the computation: the units stating the final answer are on
+it, and so is the source of every number a unit on the chain uses. A unit's importance is
+
+    importance_i = on_chain_i + 0.5 * fan_out_i / (1 + max_j fan_out_j)
+
+where fan_out_i counts the later units that take a number from unit i, so the whole chain ranks
+above every unit off it, and units that feed many others rank first on each side.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from cd_fast.formats import boxed_spans
+from cd_fast.score.protect import decoration_chars, protected_chars
+from cd_fast.segment import protected_spans
+
+GRANULARITIES = ("paragraph", "sentence")
+_NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
+_LINE_BREAKS = re.compile(r"[ \t]*\n\s*")
+_QUESTION_END = re.compile(r"\?[\"')\]*\u201d\u2019]*\s*$")
+
+
+def paragraph_steps(text: str) -> np.ndarray:
+    """Units ending at each line break (a blank line or a single one) outside LaTeX math and
+    code fences, the whitespace after a unit belonging to it: [k, 2] offsets covering `text`."""
+    inside = np.zeros(len(text) + 1, dtype=bool)
+    for a, b in protected_spans(text):
+        inside[a:b] = True
+    starts = [0]
+    for match in _LINE_BREAKS.finditer(text):
+        if not inside[match.start()] and match.end() < len(text) and match.start() > starts[-1]:
+            starts.append(match.end())
+    ends = [*starts[1:], len(text)]
+    return np.asarray(list(zip(starts, ends, strict=True)), dtype=np.int64).reshape(-1, 2)
+
+
+def bind_questions(text: str, steps: np.ndarray) -> np.ndarray:
+    """`steps` with each unit that ends in a question mark joined to the unit after it."""
+    if len(steps) < 2:
+        return steps
+    out: list[list[int]] = []
+    joining = False
+    for a, b in steps.tolist():
+        if joining:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+        joining = bool(_QUESTION_END.search(text[out[-1][0] : out[-1][1]]))
+    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+
+def step_units(text: str, steps: np.ndarray, granularity: str) -> np.ndarray:
+    """The units step pruning selects among, at `granularity` (see the module doc)."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if granularity == "paragraph":
+        steps = paragraph_steps(text)
+    return bind_questions(text, np.asarray(steps, dtype=np.int64).reshape(-1, 2))
+
+
+def number_value(literal: str) -> str:
+    """A number literal's value as a comparable string: 1,200 == 1200, 3.50 == 3.5."""
+    value = literal.replace(",", "")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return value.lstrip("0") or "0"
+
+
+def numbers(text: str) -> list[re.Match]:
+    """The number literals of `text` (not digits inside words such as x2 or v1.5)."""
+    return list(_NUMBER.finditer(text))
+
+
+def _restates(values: tuple[str, ...], earlier: list[tuple[str, ...]]) -> bool:
+    """Whether `values` (a unit's numbers in order) run contiguously inside an earlier unit's."""
+    n = len(values)
+    return any(values == other[i : i + n] for other in earlier for i in range(len(other) - n + 1))
+
+
+def value_flow(text: str, steps: np.ndarray, answer_units: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(importance float [k], on_chain bool [k]) of each unit (see the module doc);
+    `answer_units` (bool [k]) seeds the chain."""
+    k = len(steps)
+    ordered = [
+        tuple(number_value(m.group()) for m in numbers(text[a:b])) for a, b in steps.tolist()
+    ]
+    new = [bool(v) and not _restates(v, ordered[:i]) for i, v in enumerate(ordered)]
+    # the source of a value used in unit j: the nearest earlier unit holding it that is not a
+    # restatement ("let me check: 9 + 8 is 17"), else the nearest earlier unit holding it
+    latest: dict[str, int] = {}
+    latest_new: dict[str, int] = {}
+    sources: list[set[int]] = []
+    for unit, values in enumerate(ordered):
+        sources.append({latest_new.get(v, latest.get(v, -1)) for v in values} - {-1})
+        for value in values:
+            latest[value] = unit
+            if new[unit]:
+                latest_new[value] = unit
+    fan_out = np.zeros(k)
+    for found in sources:
+        fan_out[list(found)] += 1
+    chain = np.asarray(answer_units, dtype=bool).copy()
+    for unit in range(k - 1, -1, -1):
+        if chain[unit]:
+            chain[list(sources[unit])] = True
+    importance = chain + 0.5 * fan_out / (1 + (fan_out.max() if k else 0))
+    return importance, chain
+
+
+# Token pruning's priority order, highest first (see `token_priority`).
+ANSWER, BACKBONE, REST, DECORATION = 3, 2, 1, 0
+
+
+def token_priority(
+    text: str, offsets: np.ndarray, answer_at: tuple[int, int] | None, chain_spans: np.ndarray
+) -> np.ndarray:
+    """int8 [n_tokens]: ANSWER for the final answer's tokens (its last statement and any
+    \\boxed{}), BACKBONE for the numbers and operators inside the value-flow chain's units,
+    DECORATION for markdown decoration, REST for everything else (words, the symbols off the
+    chain). A token takes the highest level of its characters."""
+    level = np.full(len(text), REST, dtype=np.int8)
+    level[decoration_chars(text)] = DECORATION
+    on_chain = np.zeros(len(text), dtype=bool)
+    for a, b in np.asarray(chain_spans).reshape(-1, 2).tolist():
+        on_chain[a:b] = True
+    level[protected_chars(text) & on_chain] = BACKBONE
+    for a, b in [*boxed_spans(text), *([answer_at] if answer_at else [])]:
+        level[a:b] = ANSWER
+    if not len(offsets):
+        return np.zeros(0, dtype=np.int8)
+    starts, ends = offsets[:, 0], np.maximum(offsets[:, 1], offsets[:, 0])
+    priority = np.zeros(len(offsets), dtype=np.int8)
+    for threshold in (REST, BACKBONE, ANSWER):
+        prefix = np.concatenate([[0], np.cumsum(level >= threshold)])
+        priority += (prefix[ends] - prefix[starts]) > 0
+    return priority
