@@ -26,16 +26,18 @@ def score_colour(score: float, low: float, high: float) -> str:
     return f"hsl({round(55 - 55 * share)}, 95%, {round(85 - 20 * share)}%)"
 
 
-def explained_records(path: Path) -> list[Trace]:
-    """The records of a `cdfast compress --explain` output, or of every such output in a
-    `cdfast demo` folder's data/; an error when none of them carries an explanation."""
+def explained_records(path: Path, limit: int) -> list[Trace]:
+    """The first `limit` records of a `cdfast compress --explain` output, or of each such output
+    in a `cdfast demo` folder's data/; an error when none of them carries an explanation."""
     files = sorted((path / "data").glob("*.jsonl")) if path.is_dir() else [path]
-    records = [
-        t
-        for f in files
-        for t in TraceReader(f)
-        if "explain" in t.meta.get("compression", {}) and "original_trace" in t.meta
-    ]
+    records = []
+    for f in files:
+        found = [
+            t
+            for t in TraceReader(f)
+            if "explain" in t.meta.get("compression", {}) and "original_trace" in t.meta
+        ]
+        records += found[:limit]
     if not records:
         raise ValueError(
             f"{path}: no record with meta.compression.explain: compress with --explain first"
@@ -99,9 +101,9 @@ def render_html(records: list[Trace], title: str) -> str:
 
 
 def write_html(inputs: list[Path], output: Path, limit: int) -> int:
-    """Render the first `limit` explained records of each input into `output`; returns how many
-    were rendered."""
-    records = [r for path in inputs for r in explained_records(path)[:limit]]
+    """Render the first `limit` explained records of each input (of each compressed set in a
+    demo folder) into `output`; returns how many were rendered."""
+    records = [r for path in inputs for r in explained_records(path, limit)]
     names = ", ".join(p.name for p in inputs)
     with AtomicWriter(output) as handle:
         handle.write(render_html(records, f"cd_fast: what compression kept ({names})"))
