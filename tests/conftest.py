@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# MKL, torch's CPU BLAS, may round differently with its inputs' memory alignment; its conditional
+# numerical reproducibility keeps a resumed training bitwise on the straight run's path, in this
+# process and in the ones the tests spawn (set before torch loads MKL).
+os.environ.setdefault("MKL_CBWR", "AUTO")
+
 import torch
 
 # Without a GPU, Triton kernels run under the interpreter; set before anything imports triton

@@ -21,8 +21,8 @@ def test_generated_problems_are_verifiable_and_verbose():
         # replay the question's operations: the gold answer is what they give
         start = int(re.match(r"\w+ has (\d+)", problem.question).group(1))
         value = start
-        for verb, amount in re.findall(r"(gives away|finds) (\d+)", problem.question):
-            value += int(amount) if verb == "finds" else -int(amount)
+        for verb, amount in re.findall(r"(gives away|finds|buys) (\d+)", problem.question):
+            value += -int(amount) if verb == "gives away" else int(amount)
         assert problem.gold == str(value) and value >= 0
         assert contains_answer(problem.trace, problem.gold)
         assert grade(problem.answer, problem.gold)
@@ -51,6 +51,10 @@ def test_demo_runs_end_to_end_and_reports(cdfast, tmp_path):
         assert runs[name]["train_label_tokens"] < runs["original"]["train_label_tokens"]
         # whole paragraphs of 224 short traces: near the budget, not on it
         assert abs(runs[name]["ratio_tokens"] - 0.5) <= 0.05 and runs[name]["budget"] == 0.5
+        # the same traces per step: a smaller step, about as many steps as the original's
+        assert runs[name]["tokens_per_step"] < 0.7 * runs["original"]["tokens_per_step"]
+        steps = runs["original"]["train_steps"]
+        assert abs(runs[name]["train_steps"] - steps) <= 0.2 * steps + 2, (name, runs[name])
     assert (out / "report.md").is_file() and list(out.glob("report-0-*.png"))
     explained = [json.loads(x) for x in (out / "data" / "step@0.5.jsonl").open()]
     assert all(r["meta"]["compression"]["explain"]["dropped"] for r in explained)

@@ -13,14 +13,15 @@ DESCRIPTION = """Generates a verifiable multi-step math dataset with verbose tea
 student on the original traces (that student also scores the traces), compresses them at each
 budget by token pruning (surprisal), step pruning (value flow) and truncation to the
 step-pruned lengths (and rewriting with --rewriter), trains a student on each compressed set
-from the same initial weights, evaluates every student on held-out questions and prints the
+from the same initial weights with the same steps over the same traces per step (so each step
+costs what its shorter traces cost), evaluates every student on held-out questions and prints the
 table: asked budget, realised training-token ratio, the student's output-length ratio, training
 time, accuracy and accuracy per 1k output tokens, each relative to the original. Everything
 lands in --output (data with --explain records, models, evals, demo.json, report.md and the
 trade-off plots); `cdfast report --html DIR` shows what each method kept.
 
-sizes: micro (a one-minute smoke test: numbers mean little), tiny (2 CPU cores, under 10
-minutes: 2,000 training traces, 300 held-out questions), small and base (a GPU).
+sizes: micro (a one-minute smoke test: numbers mean little), tiny (2 CPU cores, about 11
+minutes: 3,000 training traces, 300 held-out questions), small and base (a GPU).
 
 examples:
   cdfast demo --size tiny

@@ -11,8 +11,10 @@ At either granularity a unit that asks a question ("maybe I should multiply here
 joined to the unit that answers it, so a selection keeps both or drops both.
 
 Value flow (no model): each number a unit uses has a *source*, the nearest earlier unit that
-holds it and does not merely restate an earlier one (a unit restates when its numbers, in
-order, run inside an earlier unit's: "let me check: 9 + 8 is 17" after "9 + 8 = 17"). The
+holds it and does not merely restate an earlier one. A unit restates when its numbers, in
+order, run inside the unit that last stated each of them: "let me check: 9 + 8 is 17" after
+"9 + 8 = 17", but not a later step that reuses the same numbers after one of them was stated
+anew ("6 + 3 = 9", "9 - 3 = 6", then "6 + 3 = 9" again is a new step). The
 backbone is the dependency chain of the computation: the units stating the final answer are on
 it, and so is the source of every number a unit on the chain uses. A unit's importance is
 
@@ -89,10 +91,14 @@ def numbers(text: str) -> list[re.Match]:
     return list(_NUMBER.finditer(text))
 
 
-def _restates(values: tuple[str, ...], earlier: list[tuple[str, ...]]) -> bool:
-    """Whether `values` (a unit's numbers in order) run contiguously inside an earlier unit's."""
-    n = len(values)
-    return any(values == other[i : i + n] for other in earlier for i in range(len(other) - n + 1))
+def _restates(values: tuple[str, ...], ordered: list[tuple[str, ...]], latest: dict) -> bool:
+    """Whether `values` (a unit's numbers in order) run contiguously inside the unit that last
+    stated each of them anew (`latest`: value -> unit)."""
+    unit = latest.get(values[0])
+    if unit is None or any(latest.get(v) != unit for v in values):
+        return False
+    other, n = ordered[unit], len(values)
+    return any(values == other[i : i + n] for i in range(len(other) - n + 1))
 
 
 def value_flow(text: str, steps: np.ndarray, answer_units: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -102,7 +108,6 @@ def value_flow(text: str, steps: np.ndarray, answer_units: np.ndarray) -> tuple[
     ordered = [
         tuple(number_value(m.group()) for m in numbers(text[a:b])) for a, b in steps.tolist()
     ]
-    new = [bool(v) and not _restates(v, ordered[:i]) for i, v in enumerate(ordered)]
     # the source of a value used in unit j: the nearest earlier unit holding it that is not a
     # restatement ("let me check: 9 + 8 is 17"), else the nearest earlier unit holding it
     latest: dict[str, int] = {}
@@ -110,9 +115,10 @@ def value_flow(text: str, steps: np.ndarray, answer_units: np.ndarray) -> tuple[
     sources: list[set[int]] = []
     for unit, values in enumerate(ordered):
         sources.append({latest_new.get(v, latest.get(v, -1)) for v in values} - {-1})
+        new = bool(values) and not _restates(values, ordered, latest_new)
         for value in values:
             latest[value] = unit
-            if new[unit]:
+            if new:
                 latest_new[value] = unit
     fan_out = np.zeros(k)
     for found in sources:

@@ -36,13 +36,15 @@ class DemoSize:
     heads: int
     epochs: float
     tokens_per_step: int
+    """The original run's; a compressed run's is scaled by its share of the tokens, so every
+    run takes the same steps over the same traces per step."""
     learning_rate: float
     max_new_tokens: int
 
 
 SIZES = {
     "micro": DemoSize(240, 16, 48, 1, 2, 1, 4096, 3e-3, 128),  # the pipeline's smoke test (CI)
-    "tiny": DemoSize(1500, 300, 128, 3, 4, 3, 2048, 3e-3, 448),  # 2 CPU cores
+    "tiny": DemoSize(3000, 300, 128, 3, 4, 3, 2048, 3e-3, 384),  # 2 CPU cores
     "small": DemoSize(8000, 500, 256, 4, 4, 4, 16384, 2e-3, 448),  # a GPU
     "base": DemoSize(30000, 1000, 512, 8, 8, 4, 32768, 1e-3, 448),  # a GPU
 }
@@ -73,8 +75,23 @@ def _student_init(tokenizer: Any, size: DemoSize, out: Path) -> Path:
     return out
 
 
+def _text(trace: Trace) -> str:
+    """A training sample's text as the tokenizer and the student see it."""
+    return f"{trace.question}\n{render_target(DEFAULT_TARGET_TEMPLATE, trace.trace, trace.answer)}"
+
+
+def _tokens(tokenizer: Any, traces: list[Trace]) -> int:
+    return sum(len(ids) for ids in tokenizer([_text(t) for t in traces])["input_ids"])
+
+
 def _train(
-    name: str, init: Path, traces: list[Trace], size: DemoSize, out: Path, device: str
+    name: str,
+    init: Path,
+    traces: list[Trace],
+    size: DemoSize,
+    out: Path,
+    device: str,
+    tokens_per_step: int,
 ) -> dict[str, Any]:
     from cd_fast.train import TrainConfig, Trainer
 
@@ -84,8 +101,8 @@ def _train(
         learning_rate=size.learning_rate,
         num_train_epochs=size.epochs,
         warmup_ratio=0.05,
-        max_tokens_per_step=size.tokens_per_step,
-        max_seq_length=1024,
+        max_tokens_per_step=tokens_per_step,
+        max_seq_length=min(1024, tokens_per_step),
         logging_steps=10,
         save_steps=0,
         export="merged",
@@ -101,6 +118,7 @@ def _train(
         "train_label_tokens": trainer.train_set.label_tokens,
         "train_seconds": round(time.perf_counter() - tic, 2),
         "train_steps": result.step,
+        "tokens_per_step": tokens_per_step,
         "final_loss": round(result.losses[max(result.losses)], 4) if result.losses else None,
     }
 
@@ -199,25 +217,34 @@ def run_demo(
     print(
         f"== data: {len(train)} training traces, {len(evaluation)} held-out questions", flush=True
     )
-    corpus = [
-        f"{t.question}\n{render_target(DEFAULT_TARGET_TEMPLATE, t.trace, t.answer)}" for t in train
-    ]
-    tokenizer = train_tokenizer(corpus, out / "tokenizer")
+    tokenizer = train_tokenizer([_text(t) for t in train], out / "tokenizer")
     init = _student_init(tokenizer, size, out / "student-init")
 
     rows: dict[str, dict[str, Any]] = {
         "original": {
             "method": "original",
             "budget": 1.0,
-            **_train("original", init, train, size, out, device),
+            **_train("original", init, train, size, out, device, size.tokens_per_step),
         }
     }
     sets = _compress(train, rows["original"]["model"], budgets, rewriter, out, device)
+    original_tokens = _tokens(tokenizer, train)
     for name, found in sets.items():
+        # The same traces per step and the same number of steps as the original run: only the
+        # traces' content differs, and each step costs what its shorter traces cost.
+        share = _tokens(tokenizer, found["records"]) / original_tokens
         rows[name] = {
             "method": found["method"],
             "budget": found["budget"],
-            **_train(name, init, found["records"], size, out, device),
+            **_train(
+                name,
+                init,
+                found["records"],
+                size,
+                out,
+                device,
+                max(1, round(size.tokens_per_step * share)),
+            ),
             "ratio_tokens": found["summary"]["ratio_tokens"],
         }
     rows["original"]["ratio_tokens"] = 1.0
