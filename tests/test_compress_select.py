@@ -19,6 +19,9 @@ def test_join_spans_never_fuses_words_or_splits_characters():
     assert join_spans(text, [(0, 5), (42, 44)]) == "Wait,\nSo"
     assert join_spans(text, [(32, 33), (33, 39)]) == "𝔘nicode"
     assert join_spans(text, [(6, 9), (0, 4), (2, 8)]) == "Wait, let"  # sorted and merged
+    paragraphs = "A one.\n\nB two.\n\nC three."
+    # a dropped paragraph leaves its neighbours' own line breaks, not a run of blank lines
+    assert join_spans(paragraphs, [(0, 8), (16, 24)]) == "A one.\n\nC three."
 
 
 def test_join_spans_keeps_grapheme_clusters_whole_and_adds_no_spaces_to_cjk():

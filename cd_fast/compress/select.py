@@ -39,9 +39,10 @@ def grapheme_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, i
 
 def join_spans(text: str, spans: list[tuple[int, int]]) -> str:
     """The kept character spans of `text` (widened to whole grapheme clusters), in order. Where
-    text was cut out between two spans, a newline stands in if the cut held one, a space if the
-    cut held whitespace and neither side has any (so words never fuse), nothing otherwise (text
-    written without spaces, such as Chinese or Japanese, never gains one)."""
+    text was cut out between two spans, a newline stands in if the cut held one and neither side
+    already breaks the line there (dropped paragraphs leave no runs of blank lines), a space if
+    the cut held whitespace and neither side has any (so words never fuse), nothing otherwise
+    (text written without spaces, such as Chinese or Japanese, never gains one)."""
     pieces: list[str] = []
     previous_end = None
     for start, end in merge_spans(grapheme_spans(text, spans)):
@@ -49,7 +50,8 @@ def join_spans(text: str, spans: list[tuple[int, int]]) -> str:
         if previous_end is not None and start > previous_end:
             gap = text[previous_end:start]
             if "\n" in gap:
-                pieces.append("\n")
+                if not pieces[-1].endswith("\n") and not piece.startswith("\n"):
+                    pieces.append("\n")
                 piece = piece.lstrip(" \t")
             elif (
                 any(c.isspace() for c in gap)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cd_fast.data import Trace, TraceReader, write_jsonl
@@ -51,6 +52,7 @@ SIZES = {
 BUDGETS = (0.3, 0.5)
 # Step pruning's criterion: value flow kept the backbone best on these traces (see README).
 STEP_CRITERION = "value-flow"
+MAX_SEQ_LENGTH = 1024
 
 
 def _student_init(tokenizer: Any, size: DemoSize, out: Path) -> Path:
@@ -75,13 +77,12 @@ def _student_init(tokenizer: Any, size: DemoSize, out: Path) -> Path:
     return out
 
 
-def _text(trace: Trace) -> str:
-    """A training sample's text as the tokenizer and the student see it."""
-    return f"{trace.question}\n{render_target(DEFAULT_TARGET_TEMPLATE, trace.trace, trace.answer)}"
+def _sample_lengths(tokenizer: Any, traces: list[Trace]) -> np.ndarray:
+    """Each trace's training-sample length in tokens, as the trainer will cut it."""
+    from cd_fast.train.data import tokenize_traces
 
-
-def _tokens(tokenizer: Any, traces: list[Trace]) -> int:
-    return sum(len(ids) for ids in tokenizer([_text(t) for t in traces])["input_ids"])
+    every = tokenize_traces(traces, tokenizer, DEFAULT_TARGET_TEMPLATE, max_seq_length=1 << 30)
+    return np.minimum(every.lengths, MAX_SEQ_LENGTH)
 
 
 def _train(
@@ -102,7 +103,7 @@ def _train(
         num_train_epochs=size.epochs,
         warmup_ratio=0.05,
         max_tokens_per_step=tokens_per_step,
-        max_seq_length=min(1024, tokens_per_step),
+        max_seq_length=min(MAX_SEQ_LENGTH, tokens_per_step),
         logging_steps=10,
         save_steps=0,
         export="merged",
@@ -217,7 +218,10 @@ def run_demo(
     print(
         f"== data: {len(train)} training traces, {len(evaluation)} held-out questions", flush=True
     )
-    tokenizer = train_tokenizer([_text(t) for t in train], out / "tokenizer")
+    corpus = [
+        f"{t.question}\n{render_target(DEFAULT_TARGET_TEMPLATE, t.trace, t.answer)}" for t in train
+    ]
+    tokenizer = train_tokenizer(corpus, out / "tokenizer")
     init = _student_init(tokenizer, size, out / "student-init")
 
     rows: dict[str, dict[str, Any]] = {
@@ -228,11 +232,12 @@ def run_demo(
         }
     }
     sets = _compress(train, rows["original"]["model"], budgets, rewriter, out, device)
-    original_tokens = _tokens(tokenizer, train)
+    original_tokens = _sample_lengths(tokenizer, train).sum()
     for name, found in sets.items():
         # The same traces per step and the same number of steps as the original run: only the
-        # traces' content differs, and each step costs what its shorter traces cost.
-        share = _tokens(tokenizer, found["records"]) / original_tokens
+        # traces' content differs, and each step costs what its shorter traces cost. A step
+        # always holds the set's longest sample, so no sample is cut shorter than the original's.
+        lengths = _sample_lengths(tokenizer, found["records"])
         rows[name] = {
             "method": found["method"],
             "budget": found["budget"],
@@ -243,7 +248,7 @@ def run_demo(
                 size,
                 out,
                 device,
-                max(1, round(size.tokens_per_step * share)),
+                int(max(size.tokens_per_step * lengths.sum() / original_tokens, lengths.max())),
             ),
             "ratio_tokens": found["summary"]["ratio_tokens"],
         }
