@@ -100,6 +100,15 @@ def test_a_step_reusing_the_numbers_of_an_earlier_one_is_not_a_restatement():
     _, chain = value_flow(text, units, answer_units(text, units, "9"))
     kept = [text[a:b].split(":")[0].strip() for (a, b), on in zip(units, chain, strict=True) if on]
     assert kept == ["Start with 6.", "Add 3", "Take 3", "Add 3 again", "So the answer is 9."]
+    # a check of an earlier step whose numbers were not produced anew since stays a restatement
+    text = (
+        "Start with 9.\n\nAdd 8: 9 + 8 = 17.\n\nDouble: 17 * 2 = 34.\n\nCheck: 9 + 8 = 17.\n\n"
+        "Sum: 17 + 34 = 51.\n\nSo the answer is 51."
+    )
+    units = step_units(text, segment_steps([text])[0], "paragraph")
+    _, chain = value_flow(text, units, answer_units(text, units, "51"))
+    kept = [text[a:b].split(":")[0].strip() for (a, b), on in zip(units, chain, strict=True) if on]
+    assert kept == ["Start with 9.", "Add 8", "Double", "Sum", "So the answer is 51."]
 
 
 def test_step_pruning_by_value_flow_keeps_the_backbone_at_half_the_tokens(bpe):

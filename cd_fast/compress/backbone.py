@@ -12,9 +12,10 @@ joined to the unit that answers it, so a selection keeps both or drops both.
 
 Value flow (no model): each number a unit uses has a *source*, the nearest earlier unit that
 holds it and does not merely restate an earlier one. A unit restates when its numbers, in
-order, run inside the unit that last stated each of them: "let me check: 9 + 8 is 17" after
-"9 + 8 = 17", but not a later step that reuses the same numbers after one of them was stated
-anew ("6 + 3 = 9", "9 - 3 = 6", then "6 + 3 = 9" again is a new step). The
+order, run inside an earlier unit's and none of them has been produced since (a unit produces
+its last number): "let me check: 9 + 8 is 17" after "9 + 8 = 17" and "17 * 2 = 34", but not a
+later step that reuses the numbers after one of them was produced anew ("6 + 3 = 9",
+"9 - 3 = 6", then "6 + 3 = 9" again is a new step). The
 backbone is the dependency chain of the computation: the units stating the final answer are on
 it, and so is the source of every number a unit on the chain uses. A unit's importance is
 
@@ -91,14 +92,18 @@ def numbers(text: str) -> list[re.Match]:
     return list(_NUMBER.finditer(text))
 
 
-def _restates(values: tuple[str, ...], ordered: list[tuple[str, ...]], latest: dict) -> bool:
-    """Whether `values` (a unit's numbers in order) run contiguously inside the unit that last
-    stated each of them anew (`latest`: value -> unit)."""
-    unit = latest.get(values[0])
-    if unit is None or any(latest.get(v) != unit for v in values):
-        return False
-    other, n = ordered[unit], len(values)
-    return any(values == other[i : i + n] for i in range(len(other) - n + 1))
+def _restates(
+    values: tuple[str, ...], ordered: list[tuple[str, ...]], new: list[int], produced: dict
+) -> bool:
+    """Whether `values` (a unit's numbers in order) run contiguously inside an earlier new unit's
+    (`new`: their indices) and none of them was produced since (`produced`: value -> the last
+    new unit it was the result of)."""
+    n = len(values)
+    for unit in reversed(new):
+        other = ordered[unit]
+        if any(values == other[i : i + n] for i in range(len(other) - n + 1)):
+            return all(produced.get(v, -1) <= unit for v in values)
+    return False
 
 
 def value_flow(text: str, steps: np.ndarray, answer_units: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -112,14 +117,19 @@ def value_flow(text: str, steps: np.ndarray, answer_units: np.ndarray) -> tuple[
     # restatement ("let me check: 9 + 8 is 17"), else the nearest earlier unit holding it
     latest: dict[str, int] = {}
     latest_new: dict[str, int] = {}
+    produced: dict[str, int] = {}
+    new_units: list[int] = []
     sources: list[set[int]] = []
     for unit, values in enumerate(ordered):
         sources.append({latest_new.get(v, latest.get(v, -1)) for v in values} - {-1})
-        new = bool(values) and not _restates(values, ordered, latest_new)
+        new = bool(values) and not _restates(values, ordered, new_units, produced)
         for value in values:
             latest[value] = unit
             if new:
                 latest_new[value] = unit
+        if new:
+            new_units.append(unit)
+            produced[values[-1]] = unit
     fan_out = np.zeros(k)
     for found in sources:
         fan_out[list(found)] += 1
