@@ -91,24 +91,27 @@ def test_value_flow_finds_the_computation_chain_of_the_demo_traces():
         assert importance[chain].min() >= 1 > importance[~chain].max()
 
 
+def chain_heads(text: str, gold: str) -> list[str]:
+    """The value-flow chain of `text`'s paragraphs, each by its head (the text before ":")."""
+    units = step_units(text, segment_steps([text])[0], "paragraph")
+    _, chain = value_flow(text, units, answer_units(text, units, gold))
+    return [text[a:b].split(":")[0].strip() for (a, b), on in zip(units, chain, strict=True) if on]
+
+
 def test_a_step_reusing_the_numbers_of_an_earlier_one_is_not_a_restatement():
     text = (
         "Start with 6.\n\nAdd 3: 6 + 3 = 9.\n\nCheck: 6 + 3 = 9.\n\nTake 3: 9 - 3 = 6.\n\n"
         "Add 3 again: 6 + 3 = 9.\n\nSo the answer is 9."
     )
-    units = step_units(text, segment_steps([text])[0], "paragraph")
-    _, chain = value_flow(text, units, answer_units(text, units, "9"))
-    kept = [text[a:b].split(":")[0].strip() for (a, b), on in zip(units, chain, strict=True) if on]
-    assert kept == ["Start with 6.", "Add 3", "Take 3", "Add 3 again", "So the answer is 9."]
+    heads = ["Start with 6.", "Add 3", "Take 3", "Add 3 again", "So the answer is 9."]
+    assert chain_heads(text, "9") == heads
     # a check of an earlier step whose numbers were not produced anew since stays a restatement
     text = (
         "Start with 9.\n\nAdd 8: 9 + 8 = 17.\n\nDouble: 17 * 2 = 34.\n\nCheck: 9 + 8 = 17.\n\n"
         "Sum: 17 + 34 = 51.\n\nSo the answer is 51."
     )
-    units = step_units(text, segment_steps([text])[0], "paragraph")
-    _, chain = value_flow(text, units, answer_units(text, units, "51"))
-    kept = [text[a:b].split(":")[0].strip() for (a, b), on in zip(units, chain, strict=True) if on]
-    assert kept == ["Start with 9.", "Add 8", "Double", "Sum", "So the answer is 51."]
+    heads = ["Start with 9.", "Add 8", "Double", "Sum", "So the answer is 51."]
+    assert chain_heads(text, "51") == heads
 
 
 def test_step_pruning_by_value_flow_keeps_the_backbone_at_half_the_tokens(bpe):
