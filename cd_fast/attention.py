@@ -6,7 +6,8 @@ Backends, in the order `select_backend` tries them:
   fa2    classic flash-attn `flash_attn_varlen_func`, when installed. Native GQA.
   torch  `torch.nn.attention.varlen.varlen_attn` (torch >= 2.10); causal is `is_causal=True` or
          `window_size=(-1, 0)` depending on the release, GQA native where `enable_gqa` exists.
-  sdpa   per-sequence `scaled_dot_product_attention`: CPU, or GPUs without the above.
+  sdpa   `scaled_dot_product_attention` over padded groups of similar-length sequences: CPU,
+         or GPUs without the above.
 `CD_FAST_ATTN=fa4|fa2|torch|sdpa` forces one. The choice is logged once per device.
 
 `register()` adds "cd_fast_varlen" to transformers' AttentionInterface and AttentionMaskInterface.
@@ -104,6 +105,34 @@ def _select_backend(device: torch.device, forced: str | None) -> str:
     return choice
 
 
+# A sequence joins a padded SDPA group when padding it to the group's longest at most multiplies
+# its attention area (length^2) by this: one call per group instead of one per sequence, and
+# never the quadratic cost of padding a short sequence to a long one.
+PADDED_AREA_LIMIT = 2.0
+
+
+def padding_groups(lengths: list[int], limit: float = PADDED_AREA_LIMIT) -> list[list[int]]:
+    """Sequence indices, longest first, in groups run as one padded batch each: every member
+    has longest^2 <= limit * length^2 (empty sequences are left out)."""
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[groups[-1][0]] ** 2 <= limit * lengths[i] ** 2:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _padded(
+    x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n: int, longest: int
+) -> torch.Tensor:
+    """Rows `src` of packed x [T, H, D] placed at rows `dst` of a zero [n * longest] buffer,
+    as [n, H, longest, D]."""
+    buffer = x.new_zeros(n * longest, *x.shape[1:]).index_copy(0, dst, x.index_select(0, src))
+    return buffer.view(n, longest, *x.shape[1:]).transpose(1, 2)
+
+
 def _sdpa_varlen(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -113,29 +142,50 @@ def _sdpa_varlen(
     causal: bool,
     window: int | None,
 ) -> torch.Tensor:
-    out = torch.empty_like(q)
+    """Packed sequences in padded groups of similar length, one SDPA call per group: on a CPU
+    the per-call cost outweighs the padding (2.3x faster forward on 8 sequences of ~270)."""
+    starts, lengths = cu_seqlens[:-1], [b - a for a, b in itertools.pairwise(cu_seqlens)]
     gqa = q.shape[1] != k.shape[1]
-    for start, end in itertools.pairwise(cu_seqlens):
-        if end == start:
-            continue
-        # [L, H, D] -> [H, L, D]
-        q_s, k_s, v_s = (x[start:end].transpose(0, 1) for x in (q, k, v))
+    rows, outputs = [], []
+    for group in padding_groups(lengths):
+        longest, n = lengths[group[0]], len(group)
+        # the group's token rows in the pack and their places in the padded [n * longest] rows
+        src = torch.cat([torch.arange(starts[i], starts[i] + lengths[i]) for i in group])
+        dst = torch.cat([torch.arange(lengths[i]) + j * longest for j, i in enumerate(group)])
+        src, dst = src.to(q.device), dst.to(q.device)
+
         mask = None
-        if window is not None:
-            i = torch.arange(end - start, device=q.device)
+        if window is not None or not causal:
+            i = torch.arange(longest, device=q.device)
             distance = i[:, None] - i[None, :]
-            mask = (distance >= 0) & (distance < window) if causal else distance.abs() < window
-        o_s = F.scaled_dot_product_attention(
-            q_s,
-            k_s,
-            v_s,
+            mask = (distance >= 0) if causal else torch.ones_like(distance, dtype=torch.bool)
+            if window is not None:
+                mask = mask & (distance.abs() < window)
+            if not causal:  # padded keys are in reach: each sequence sees its own keys only
+                key_valid = (
+                    i[None, :] < torch.tensor([lengths[g] for g in group], device=q.device)[:, None]
+                )
+                mask = mask[None, None] & key_valid[:, None, None, :]
+        q_g, k_g, v_g = (_padded(x, src, dst, n, longest) for x in (q, k, v))
+        o = F.scaled_dot_product_attention(
+            q_g,
+            k_g,
+            v_g,
             attn_mask=mask,
             is_causal=causal and mask is None,
             scale=scale,
             enable_gqa=gqa,
         )
-        out[start:end] = o_s.transpose(0, 1)
-    return out
+        rows.append(src)
+        outputs.append(o.transpose(1, 2).reshape(n * longest, *q.shape[1:]).index_select(0, dst))
+    if not outputs:
+        return torch.empty_like(q)
+    out = torch.cat(outputs)
+    order = torch.cat(rows)
+    if len(order) == len(q):
+        return out.index_select(0, torch.argsort(order))
+    full = q.new_zeros(q.shape)  # tokens past cu_seqlens[-1] (none in a packed batch)
+    return full.index_copy(0, order, out)
 
 
 def varlen_attention(

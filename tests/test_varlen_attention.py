@@ -6,7 +6,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
-from cd_fast.attention import available_backends, register, select_backend, varlen_attention
+from cd_fast.attention import (
+    available_backends,
+    padding_groups,
+    register,
+    select_backend,
+    varlen_attention,
+)
 from cd_fast.kernels.pack import pack_sequences
 
 # HF computes RMSNorm and RoPE in float32 even for float64 models, hence 1e-6 there.
@@ -47,6 +53,34 @@ def test_sdpa_backend_matches_naive(causal, window, heads, kv_heads):
     out = varlen_attention(q, k, v, cu, 37, causal=causal, window=window, backend="sdpa")
     want = naive_attention(q, k, v, lengths, causal, window)
     assert ((out.double() - want).norm() / want.norm()) < 1e-6
+
+
+def test_padding_groups_bound_the_padded_area():
+    lengths = [1, 7, 0, 37, 5, 36, 20, 300, 2]
+    groups = padding_groups(lengths)
+    assert sorted(i for g in groups for i in g) == [i for i, n in enumerate(lengths) if n]
+    for group in groups:
+        longest = max(lengths[i] for i in group)
+        assert lengths[group[0]] == longest
+        assert all(longest**2 <= 2.0 * lengths[i] ** 2 for i in group)
+    assert [[lengths[i] for i in g] for g in groups] == [[300], [37, 36], [20], [7, 5], [2], [1]]
+
+
+@pytest.mark.parametrize("causal,window", [(True, None), (False, None), (True, 4)])
+def test_sdpa_backend_gradients_across_padded_groups(causal, window):
+    torch.manual_seed(0)
+    lengths = [3, 40, 1, 38, 9, 21, 20, 6]  # several groups, out of length order
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    q = torch.randn(sum(lengths), 6, 8, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(sum(lengths), 2, 8, dtype=torch.float64, requires_grad=True) for _ in "kv")
+    weight = torch.randn(sum(lengths), 6, 8, dtype=torch.float64)
+    out = varlen_attention(q, k, v, cu, 40, causal=causal, window=window, backend="sdpa")
+    got = torch.autograd.grad((out * weight).sum(), (q, k, v))
+    want_out = naive_attention(q, k, v, lengths, causal, window)
+    want = torch.autograd.grad((want_out * weight).sum(), (q, k, v))
+    torch.testing.assert_close(out, want_out)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_backend_selection_on_cpu(monkeypatch):
