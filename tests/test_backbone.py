@@ -89,6 +89,10 @@ def test_value_flow_finds_the_computation_chain_of_the_demo_traces():
             )
             assert on == computes, (trace.id, text)
         assert importance[chain].min() >= 1 > importance[~chain].max()
+        # off the chain, the checks of its numbers rank above the planning, asides and detours
+        checks = np.array([any(c.isdigit() for c in text) for text in texts]) & ~chain
+        assert checks.any() and (~chain & ~checks).any()
+        assert importance[checks].min() >= 0.5 > importance[~chain & ~checks].max()
 
 
 def chain_heads(text: str, gold: str) -> list[str]:
@@ -112,6 +116,23 @@ def test_a_step_reusing_the_numbers_of_an_earlier_one_is_not_a_restatement():
     )
     heads = ["Start with 9.", "Add 8", "Double", "Sum", "So the answer is 51."]
     assert chain_heads(text, "51") == heads
+
+
+def test_checks_of_the_chain_rank_above_other_numbers_and_words():
+    text = (
+        "Start with 4.\n\nAdd 5: 4 + 5 = 9.\n\nMaybe 4 * 5 = 20? No, it is a sum.\n\n"
+        "Let me check: 4 + 5 is 9.\n\nI will go on.\n\nSo the answer is 9."
+    )
+    units = step_units(text, segment_steps([text])[0], "paragraph")
+    importance, _ = value_flow(text, units, answer_units(text, units, "9"))
+    by_head = {
+        text[a:b].split(":")[0].split("?")[0].strip(): i
+        for (a, b), i in zip(units, importance, strict=True)
+    }
+    assert (
+        by_head["Let me check"] >= 0.5 > max(by_head["Maybe 4 * 5 = 20"], by_head["I will go on."])
+    )
+    assert min(by_head["Start with 4."], by_head["Add 5"]) >= 1 > by_head["Let me check"]
 
 
 def test_step_pruning_by_value_flow_keeps_the_backbone_at_half_the_tokens(bpe):

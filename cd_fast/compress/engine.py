@@ -264,7 +264,8 @@ class Compressor:
         """Select, then count what the texts really hold: cut text re-tokenises a little longer,
         protected symbols and restored answers can exceed a budget. Traces that ended over their
         budget keep what they have (their floor rises to it) and the others' budgets are planned
-        again (up to three rounds), so the batch lands on its share of the ratio."""
+        again; a batch that ended under (whole steps that did not fit) hands the shortfall to the
+        traces with room. Up to three rounds, so the batch lands on its share of the ratio."""
         planned = self._plan(targets, counts, floors)
         results: list[Any] = [None] * len(items)
         fixed = np.zeros(len(items), dtype=bool)
@@ -285,11 +286,18 @@ class Compressor:
             after = np.array([r.tokens_after for r in results])
             over = kept & (after > planned)
             goal = int(targets[kept].sum()) - self.debt
-            if not over.any() or abs(int(after[kept].sum()) - goal) <= 0.005 * max(goal, 1):
+            short = goal - int(after[kept].sum())
+            if abs(short) <= 0.005 * max(goal, 1):
                 break
-            fixed |= over
-            floors = np.where(over, after, floors)
-            planned = self._plan(targets, counts, floors)
+            if over.any():
+                fixed |= over
+                floors = np.where(over, after, floors)
+                planned = self._plan(targets, counts, floors)
+            else:  # all at or under plan (whole steps): the shortfall goes to those with room
+                room = np.where(kept & ~fixed, counts - planned, 0)
+                if short < 0 or not room.sum():
+                    break
+                planned = planned + np.floor(room * min(short / room.sum(), 1.0)).astype(np.int64)
         return results
 
     def _finish(self, item: Item, selection: Selection) -> RecordResult:
