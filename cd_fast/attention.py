@@ -178,14 +178,8 @@ def _sdpa_varlen(
         )
         rows.append(src)
         outputs.append(o.transpose(1, 2).reshape(n * longest, *q.shape[1:]).index_select(0, dst))
-    if not outputs:
-        return torch.empty_like(q)
-    out = torch.cat(outputs)
-    order = torch.cat(rows)
-    if len(order) == len(q):
-        return out.index_select(0, torch.argsort(order))
-    full = q.new_zeros(q.shape)  # tokens past cu_seqlens[-1] (none in a packed batch)
-    return full.index_copy(0, order, out)
+    out = q.new_zeros(q.shape)  # rows past cu_seqlens[-1], if any, stay zero
+    return out.index_copy(0, torch.cat(rows), torch.cat(outputs)) if outputs else out
 
 
 def varlen_attention(
