@@ -1,6 +1,8 @@
 """Builds the C++ extension cd_fast._C and maps the top-level kernels/ and bench/ folders into
-the package as cd_fast.kernels and cd_fast.bench (never importable as top-level `kernels`, a name
-that belongs to a Hugging Face package which transformers and bitsandbytes probe for)."""
+the package as cd_fast.kernels and cd_fast.bench. The top-level name `kernels` belongs to Hugging
+Face's package, which transformers requires: kernels/__init__.py hands that name to it when
+python runs from the repository root, and cd_fast/__init__.py maps both folders in for a
+checkout run from its root without an editable install (keep the two mappings the same)."""
 
 from glob import glob
 
