@@ -11,7 +11,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from cd_fast.attention import available_backends, varlen_attention
+from cd_fast.patches.attention import available_backends, varlen_attention
 
 from . import linear_attention
 from .harness import environment, lognormal_lengths, time_forward_backward, write_results

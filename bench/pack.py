@@ -8,7 +8,8 @@ import argparse
 import numpy as np
 import torch
 
-from cd_fast.kernels.pack import IGNORE_INDEX, TokenStore
+from cd_fast.kernels import IGNORE_INDEX
+from cd_fast.kernels.pack import TokenStore
 from cd_fast.kernels.reference import pack_from_store_ref
 from cd_fast.train.packing import StepPlanner
 
@@ -47,19 +48,13 @@ def collate_python(sequences: list[list[int]], prompts: list[int], device) -> tu
 
 
 def step_time_ms(batch, device) -> float:
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers import AutoModelForCausalLM
 
-    from cd_fast.attention import register
+    from cd_fast.patches import register
 
-    config = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-    )
+    from .shapes import model_config
+
+    config = model_config("qwen2.5-0.5b", max_position_embeddings=32768)
     model = AutoModelForCausalLM.from_config(
         config, attn_implementation=register(), dtype=torch.bfloat16
     ).to(device)

@@ -74,28 +74,19 @@ def _measure(fn, device) -> tuple[float | str, float | None]:
     return ms, (peak - before) if peak is not None else None
 
 
-QWEN25_15B = dict(
-    vocab_size=151936,
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-    max_position_embeddings=32768,
-)
-
-
-def end_to_end(device, shape: dict | None = None, traces_count: int = 64) -> dict:
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def end_to_end(device, shape: str = "qwen2.5-1.5b", traces_count: int = 64) -> dict:
+    from transformers import AutoModelForCausalLM
 
     from cd_fast.data import Trace
     from cd_fast.kernels import TokenStore
+    from cd_fast.patches import register
     from cd_fast.score import Scorer
-    from cd_fast.train import plan_steps, register
+    from cd_fast.train import plan_steps
 
     from .harness import lognormal_lengths
+    from .shapes import model_config
 
-    config = Qwen2Config(**(shape or QWEN25_15B))
+    config = model_config(shape, max_position_embeddings=32768)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_config(config, attn_implementation=register(), dtype=dtype)
     model = model.to(device).eval()

@@ -28,76 +28,8 @@ import numpy as np
 import torch
 
 from .harness import append_csv, environment, markdown_table, write_results
+from .shapes import SHAPES, model_config
 
-SHAPES = {
-    "qwen2.5-0.5b": (
-        "Qwen2Config",
-        dict(
-            hidden_size=896,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            intermediate_size=4864,
-            vocab_size=151936,
-            tie_word_embeddings=True,
-        ),
-    ),
-    "qwen2.5-1.5b": (
-        "Qwen2Config",
-        dict(
-            hidden_size=1536,
-            num_hidden_layers=28,
-            num_attention_heads=12,
-            num_key_value_heads=2,
-            intermediate_size=8960,
-            vocab_size=151936,
-            tie_word_embeddings=True,
-        ),
-    ),
-    "qwen3-8b": (
-        "Qwen3Config",
-        dict(
-            hidden_size=4096,
-            num_hidden_layers=36,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            head_dim=128,
-            intermediate_size=12288,
-            vocab_size=151936,
-            tie_word_embeddings=False,
-        ),
-    ),
-    # Qwen3.5-0.8B's text model: 6 x (3 Gated-DeltaNet + 1 gated attention) layers
-    "qwen3.5-0.8b": (
-        "Qwen3_5TextConfig",
-        dict(
-            hidden_size=1024,
-            num_hidden_layers=24,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            head_dim=256,
-            intermediate_size=3584,
-            linear_num_key_heads=16,
-            linear_num_value_heads=16,
-            linear_key_head_dim=128,
-            linear_value_head_dim=128,
-            layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 6,
-            vocab_size=248320,
-            tie_word_embeddings=True,
-        ),
-    ),
-    "tiny": (
-        "Qwen2Config",
-        dict(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
-            vocab_size=1000,
-        ),
-    ),
-}
 # run name -> (shape, mode, mean length, TRL anchor script, its SIZE, its WHICH (all settings,
 # best first: the fastest in ../shared/tools/README.md), its BS); no script: no TRL anchor
 # (TRL cannot pack a hybrid model without flash-linear-attention and a compiled causal-conv1d).
@@ -228,7 +160,6 @@ def synthetic_lengths(mean: float, count: int, vocab: int) -> list[np.ndarray]:
 
 
 def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -> dict:
-    import transformers
     from transformers import AutoModelForCausalLM
 
     from cd_fast.runtime import rank_info
@@ -236,8 +167,8 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
     from cd_fast.train.metrics import peak_flops
 
     shape, mode, mean, *_ = RUNS[name]
-    config_class, options = SHAPES[shape]
-    model_config = getattr(transformers, config_class)(**options)
+    options = SHAPES[shape][1]
+    architecture = model_config(shape)
     device = torch.device(args.device)
     bf16 = device.type == "cuda"
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -247,7 +178,7 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
     world = rank_info().world_size
     torch.manual_seed(0)
     with torch.device(device if world == 1 else "cpu"):  # each rank takes its device (or shard)
-        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(architecture, dtype=dtype)
     qlora = mode == "qlora"
     label = "qlora" if qlora else variant
     if world > 1:
@@ -282,7 +213,7 @@ def _our_run(name: str, variant: str, args: argparse.Namespace, workdir: Path) -
     )
     from cd_fast.train.memory import ModelShape, estimate_memory
 
-    shape_of_model = ModelShape.from_config(model_config)
+    shape_of_model = ModelShape.from_config(architecture)
     sharded = world > 1 and config.distributed == "fsdp"
     on_cuda = device.type == "cuda"
     estimate = estimate_memory(shape_of_model, config, on_cuda, qlora, 1, world, sharded)
@@ -386,12 +317,10 @@ def _epoch_student(args: argparse.Namespace, workdir: Path) -> str:
     folder = Path(args.epoch_model)
     if not folder.is_dir() or (folder / "config.json").exists():
         return args.epoch_model
-    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    config_class, options = SHAPES[args.epoch_shape]
-    config = getattr(transformers, config_class)(**{**options, "vocab_size": len(tokenizer)})
+    config = model_config(args.epoch_shape, vocab_size=len(tokenizer))
     torch.manual_seed(0)
     student = workdir / f"student-{args.epoch_shape}"
     AutoModelForCausalLM.from_config(config).save_pretrained(student)

@@ -33,8 +33,7 @@ if (_root / "setup.py").is_file() and not any(
 ):
     sys.meta_path.append(_CheckoutFolders(_root))  # last: an installed package is found first
 
+from cd_fast._version import __version__  # noqa: E402
 from cd_fast.segment import SegmentConfig, segment_steps  # noqa: E402
-
-__version__ = "0.1.0"
 
 __all__ = ["SegmentConfig", "__version__", "segment_steps"]

@@ -34,7 +34,9 @@ def option(
     group: str | None = None,
     default_factory: Callable[[], Any] = _NOT_SET,
     cli: bool = True,
-    minimum: int | None = None,
+    minimum: float | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
 ) -> Any:
     """A dataclass field with its CLI description.
 
@@ -45,8 +47,9 @@ def option(
         parse: converts the command-line string (e.g. a file of lines into a tuple).
         group: the --help section the flag is listed under.
         cli: False keeps the field out of the CLI (Python API only).
-        minimum: the smallest allowed value (a number field; None stays allowed when the field
-            is optional), checked by argparse and by `check_minimums` in `__post_init__`.
+        minimum, above, maximum: the allowed range of a number field (>= minimum, > above,
+            <= maximum; None stays allowed when the field is optional), checked by argparse
+            when the flag is parsed and by `check_ranges` in the config's `__post_init__`.
     """
     metadata = {
         "help": " ".join(help.split()),
@@ -57,6 +60,8 @@ def option(
         "group": group,
         "cli": cli,
         "minimum": minimum,
+        "above": above,
+        "maximum": maximum,
     }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
@@ -70,34 +75,49 @@ def lines_of_file(path: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-def at_least(kind: type, minimum: int | float) -> Callable[[str], Any]:
-    """argparse type: a number of `kind` >= minimum, refused with one line at parse time."""
+def _range_problem(value: Any, minimum=None, above=None, maximum=None) -> str | None:
+    if minimum is not None and value < minimum:
+        return f"must be >= {minimum}"
+    if above is not None and value <= above:
+        return f"must be > {above}"
+    if maximum is not None and value > maximum:
+        return f"must be <= {maximum}"
+    return None
+
+
+def in_range(kind: type, minimum=None, above=None, maximum=None) -> Callable[[str], Any]:
+    """argparse type: a number of `kind` in the range, refused with one line at parse time."""
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        problem = _range_problem(value, minimum, above, maximum)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
 
-def check_minimums(config: Any) -> None:
-    """Raise ValueError for a field below its `option(minimum=...)`."""
+def at_least(kind: type, minimum: int | float) -> Callable[[str], Any]:
+    """argparse type: a number of `kind` >= minimum."""
+    return in_range(kind, minimum=minimum)
+
+
+def check_ranges(config: Any) -> None:
+    """Raise ValueError for a field outside its `option(minimum=, above=, maximum=)` range."""
     for spec in dataclasses.fields(config):
-        minimum = spec.metadata.get("minimum")
         value = getattr(config, spec.name)
-        if minimum is not None and value is not None and value < minimum:
-            raise ValueError(f"{spec.name} must be >= {minimum}, got {value}")
-
-
-def field_help(cls: type, name: str) -> str:
-    """A config field's help text."""
-    return next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("help", "")
+        bounds = {k: spec.metadata.get(k) for k in ("minimum", "above", "maximum")}
+        if value is None or all(b is None for b in bounds.values()):
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            problem = _range_problem(item, **bounds)
+            if problem:
+                raise ValueError(f"{spec.name} {problem}, got {item}")
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -184,8 +204,9 @@ def add_config_arguments(
                 options["nargs"] = "+"
                 kind = (typing.get_args(kind) or (str,))[0]
             options["type"] = kind if kind in (int, float) else str
-            if meta["minimum"] is not None:
-                options["type"] = at_least(kind, meta["minimum"])
+            bounds = {k: meta[k] for k in ("minimum", "above", "maximum")}
+            if any(b is not None for b in bounds.values()):
+                options["type"] = in_range(kind, **bounds)
             if meta["choices"] is not None:
                 options["choices"] = meta["choices"]
         groups[name].add_argument(*flags, **options)

@@ -1,5 +1,6 @@
 """The trace format, in one place: think tags, the chat prompt, the supervised target template,
-splitting a completion into reasoning and answer, and the final answer a trace leads to.
+splitting a completion into reasoning and answer, the final answer a trace leads to, and where a
+text states it.
 
 Training writes each record as  chat_prompt(question) + target_template(trace, answer) + EOS;
 scoring and answer-delta condition on the same text, so a trace is scored exactly as the
@@ -8,11 +9,13 @@ student will see it.
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from cd_fast.data import Trace
+from cd_fast.runtime import warn_once
+
+logger = logging.getLogger(__name__)
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -21,15 +24,22 @@ DEFAULT_TARGET_TEMPLATE = f"{THINK_OPEN}\n{{trace}}\n{THINK_CLOSE}\n\n{{answer}}
 _BOXED = re.compile(r"\\boxed\s*\{")
 _ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_NUMERIC_ANSWER = re.compile(r"^-?[\d,]*\.?\d+(?:/\d+)?$")
 
 
 def chat_prompt(tokenizer: Any, question: str) -> str:
     """The question as a user turn through the tokenizer's chat template, ready for the reply
-    (plain "question\\n\\n" for tokenizers without a template)."""
+    (plain "question\\n\\n" for tokenizers without a template, logged once)."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
         )
+    warn_once(
+        logger,
+        "the tokenizer (%s) has no chat template: prompts are the plain question and a blank "
+        "line; set tokenizer.chat_template to use one",
+        getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__,
+    )
     return question + "\n\n"
 
 
@@ -114,7 +124,47 @@ def extract_answer(text: str | None) -> str | None:
     return numbers[-1].rstrip(".,") if numbers else None
 
 
-def final_answer(trace: Trace) -> str | None:
+def final_answer(gold: str | None, response: str | None, reasoning: str) -> str | None:
     """The answer a record leads to: its gold answer, else the one its response states, else
     the one its reasoning ends on. Scoring protects it, compression keeps it."""
-    return trace.gold or extract_answer(trace.answer) or extract_answer(trace.trace)
+    return gold or extract_answer(response) or extract_answer(reasoning)
+
+
+def answer_span(text: str, answer: str | None) -> tuple[int, int] | None:
+    """Character span of the last place `text` states `answer` (numbers match whole, so 72 is
+    not found inside 172 or 7.25, and thousands separators are ignored), or None."""
+    if not answer or not answer.strip():
+        return None
+    answer = answer.strip()
+    if _NUMERIC_ANSWER.match(answer):
+        digits = answer.replace(",", "")
+        number = re.compile(r"(?<![\d.])" + ",?".join(map(re.escape, digits)) + r"(?!\d|\.\d)")
+        matches = list(number.finditer(text))
+        return matches[-1].span() if matches else None
+    at = text.rfind(answer)
+    return (at, at + len(answer)) if at >= 0 else None
+
+
+def answer_position(text: str, answer: str | None) -> int | None:
+    """Where the last statement of `answer` in `text` starts (see `answer_span`), or None."""
+    span = answer_span(text, answer)
+    return span[0] if span else None
+
+
+def normalise_answer(text: str) -> str:
+    """`text` without spacing, dollar signs and LaTeX spacing or sizing commands."""
+    return re.sub(r"[\s$]|\\[,!;: ]", "", text).replace("\\left", "").replace("\\right", "")
+
+
+def contains_answer(text: str, answer: str | None) -> bool:
+    """True when `text` states `answer`, literally or up to spacing and LaTeX spacing."""
+    if not answer or not answer.strip():
+        return False
+    if answer_position(text, answer) is not None:
+        return True
+    target = normalise_answer(answer)
+    return (
+        bool(target)
+        and not _NUMERIC_ANSWER.match(answer.strip())
+        and target in normalise_answer(text)
+    )

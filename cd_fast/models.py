@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 from huggingface_hub.errors import HFValidationError
+from safetensors import SafetensorError
 
-from cd_fast.attention import ATTN_IMPLEMENTATION, register
 from cd_fast.formats import chat_prompt
-from cd_fast.linear_attention import enable_packing
+from cd_fast.patches import ATTN_IMPLEMENTATION, make_packable, register
 from cd_fast.runtime import choose_device
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -86,9 +86,15 @@ def model_source(spec: str | Path) -> tuple[str | Path, dict[str, Any]]:
 
 @contextlib.contextmanager
 def _loading(spec: str | Path) -> Iterator[None]:
-    """One clear line when transformers cannot find a model (it says 'repo id' or 'connect')."""
+    """One clear line when transformers cannot find a model (it says 'repo id' or 'connect')
+    or cannot read its weights (a truncated or damaged safetensors file)."""
     try:
         yield
+    except SafetensorError as error:
+        raise ValueError(
+            f"cannot load model {str(spec)!r}: its weights file is damaged or cut short "
+            f"({' '.join(str(error).split())[:200]}): copy or download the model again"
+        ) from error
     except (OSError, ValueError) as error:
         local = Path(spec).expanduser().exists()
         if not (local or isinstance(error, (OSError, HFValidationError))):
@@ -135,7 +141,7 @@ def load_causal_lm(
 
     Defaults: bf16 on a GPU, fp32 on the CPU, cd_fast's varlen attention (packed batches; a
     hybrid linear-attention model is then made exact on packed rows, or refused:
-    `cd_fast.linear_attention.enable_packing`).
+    `cd_fast.patches.make_packable`).
     `load_options` go to from_pretrained (e.g. a quantization_config with its device_map: the
     model then stays where it was loaded).
     """
@@ -160,7 +166,7 @@ def load_causal_lm(
             **load_options,
         )
     if attn_implementation == ATTN_IMPLEMENTATION:
-        enable_packing(model)
+        make_packable(model)
     if "gguf_file" in options:
         forget_gguf_quantizer(model)
     if "device_map" not in load_options:

@@ -1,10 +1,12 @@
-"""What makes an output folder a run: its manifest (the input's fingerprint, the options, the
-code version) checked on --resume, and the lock that keeps a second writer out.
+"""What makes an output a run, and the protocol every resumable command (compress, score, eval,
+train) follows on it: the manifest (the inputs' fingerprints, the options, the code version)
+checked on --resume, the lock that keeps a second writer out, and `RunFolder`, which holds them
+together:
 
-    manifest = run_manifest("compress", input_path, config.to_dict())
-    check_same_run(saved, manifest, where=state_file)   # names every setting that changed
-    with RunLock(output.with_name(output.name + ".lock")):
-        ...
+    with ScoreRun(folder, manifest, resume) as run:   # the lock, then the refusals
+        model = load(...)                             # may fail: nothing is left behind
+        run.start()                                   # the manifest: the run has begun
+        ...                                           # finished work is committed as it goes
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import json
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
-from cd_fast import __version__
+from cd_fast._version import __version__
+from cd_fast.data import AtomicWriter, ReadConfig
 
 _WHOLE_FILE_BYTES = 64 << 20  # inputs up to this size are hashed whole, larger ones head + tail
 _SAMPLE_BYTES = 8 << 20
@@ -54,6 +57,21 @@ def run_manifest(
         },
         "options": options,
     }
+
+
+def job_manifest(
+    command: str,
+    read: ReadConfig,
+    source: Any,
+    options: dict[str, Any],
+    inputs: dict[str, str | Path | None] | None = None,
+    name: str = "input",
+) -> dict[str, Any]:
+    """The manifest of `command` reading `source` with `read`: the files it reads (the source
+    when it is a file, the prompts, `inputs`), the reading options and the command's `options`.
+    The CLI and the Python API build it alike."""
+    files = {**read.inputs(source, name), **(inputs or {})}
+    return run_manifest(command, files, {**read.result_options(), **options})
 
 
 def manifest_changes(
@@ -149,3 +167,122 @@ class RunLock:
         finally:
             os.close(self._fd)
             self._fd = None
+
+
+class RunFolder:
+    """One run's output, from the lock to the manifest (see the module doc).
+
+    Entering takes the lock (a second writer is refused), then refuses: an output holding a
+    run's finished work without --resume, an output an older cd_fast wrote, and a --resume under
+    other settings (naming each one). `start()` records a new run's manifest once the run has
+    started (its models loaded). Leaving on an error while the output holds no finished work
+    removes what the run created: its manifest, its scratch files and the folders it made, so a
+    failed start leaves the output as it was.
+
+    Subclasses say what their command keeps: `work()` (the finished work the output holds),
+    `refusal()`, `scratch()`; and where, when it is not a folder holding .lock and `MANIFEST`:
+    `lock_file`, `manifest_file`, `saved_manifest()`, `write_manifest()`.
+    """
+
+    skip_inputs: ClassVar[tuple[str, ...]] = ()  # inputs the command checks itself on --resume
+
+    def __init__(self, output: str | Path, manifest: dict[str, Any], resume: bool):
+        self.output = Path(output)
+        self.manifest = manifest
+        self.resume = resume
+        self.saved: dict[str, Any] | None = None  # the manifest of the run continued, if any
+        self._lock: RunLock | None = None
+        self._made: list[Path] = []
+        self._wrote_manifest = False
+
+    # ---- where a command keeps things (a folder's: .lock and MANIFEST in it) ----
+
+    MANIFEST: ClassVar[str] = "run.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.output / ".lock"
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.output / self.MANIFEST
+
+    def work(self) -> str | None:
+        """The finished work the output holds, in a few words; None when there is none worth
+        keeping (a new run starts over whatever is left)."""
+        raise NotImplementedError
+
+    def refusal(self, work: str) -> str:
+        return (
+            f"{self.output} holds {work}: pass --resume to continue that run, or choose a new "
+            "output"
+        )
+
+    def scratch(self) -> list[Path]:
+        """Files a run writes before it finishes anything (removed when it fails)."""
+        return []
+
+    def saved_manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_file.is_file():
+            return None
+        return json.loads(self.manifest_file.read_text(encoding="utf-8"))
+
+    def write_manifest(self) -> None:
+        with AtomicWriter(self.manifest_file) as handle:
+            json.dump(self.manifest, handle, indent=1, default=str)
+
+    # ---- the protocol ----
+
+    def check(self) -> None:
+        """The refusals (also callable without the lock, to refuse before loading models)."""
+        work = self.work()
+        if work is None:
+            return
+        if not self.resume:
+            raise ValueError(self.refusal(work))
+        saved = self.saved_manifest()
+        if not saved or "options" not in saved:
+            raise ValueError(
+                f"{self.output}: written by an older cd_fast (no run manifest): write to a new "
+                "output"
+            )
+        check_same_run(saved, self.manifest, self.manifest_file, self.skip_inputs)
+        self.saved = saved
+
+    def start(self) -> None:
+        """The run has started: a new run records its manifest."""
+        if self.saved is None:
+            self.write_manifest()
+            self._wrote_manifest = True
+
+    def __enter__(self) -> RunFolder:
+        folder = self.lock_file.parent
+        self._made = [p for p in (folder, *folder.parents) if not p.exists()]
+        self._lock = RunLock(self.lock_file, str(self.output))
+        self._lock.__enter__()
+        try:
+            self.check()
+        except BaseException:
+            self._leave(failed=True)
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._leave(failed=exc_type is not None)
+
+    def _leave(self, failed: bool) -> None:
+        try:
+            if failed and self.saved is None and self.work() is None:
+                for path in self.scratch():
+                    path.unlink(missing_ok=True)
+                if self._wrote_manifest:
+                    self.manifest_file.unlink(missing_ok=True)
+        finally:
+            if self._lock is not None:
+                self._lock.__exit__(None, None, None)
+                self._lock = None
+            for made in self._made if failed else ():
+                try:
+                    made.rmdir()  # only when empty: what a failed start made
+                except OSError:
+                    break

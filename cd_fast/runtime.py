@@ -1,17 +1,22 @@
-"""The process a stage runs in: torchrun rank info, device choice, warn-once logging, batching,
-record limits and progress bars. Every stage imports these; none re-reads the environment itself."""
+"""The process a stage runs in: torchrun rank info, device choice, backend choice, warn-once
+logging, batching, record limits and progress bars. Every stage imports these; none re-reads
+the environment itself."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+if TYPE_CHECKING:  # torch loads with the first device chosen, not with every import of this
+    import torch
+
 from tqdm import tqdm
 
 T = TypeVar("T")
@@ -36,6 +41,8 @@ def rank_info() -> RankInfo:
 def choose_device(requested: str | torch.device | None = None) -> torch.device:
     """The device asked for, else CUDA when there is one, else the CPU. A CUDA device without
     an index gets this process's local rank (torch.cuda.set_device needs an index)."""
+    import torch
+
     if requested is None:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -53,6 +60,43 @@ def triton_can_run(device: torch.device) -> bool:
     """Whether a Triton kernel can launch for tensors on `device`: a CUDA device, or any device
     under the interpreter (TRITON_INTERPRET=1, how the CPU tests run the kernels)."""
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+_chosen: dict[tuple[str, Hashable, str | None], str] = {}
+_backend_logger = logging.getLogger("cd_fast.backends")
+
+
+def pick_backend(
+    what: str,
+    variable: str,
+    choices: Sequence[str],
+    available: Callable[[], Sequence[str]],
+    where: Hashable,
+    slow: Sequence[str] = (),
+    hint: str = "",
+) -> str:
+    """The backend that runs `what` on `where` (a device, or a device and dtype): the one the
+    environment `variable` forces (refused when it is not one of `choices`, or not among
+    `available()` here; `hint` says how to get it), else the first of `available()`, fastest
+    first. Logged once per choice, as a warning when it is one of the `slow` fallbacks. Cheap
+    enough for every call: `available()` runs once per (what, where, forced)."""
+    forced = os.environ.get(variable) or None
+    key = (what, where, forced)
+    if key in _chosen:
+        return _chosen[key]
+    if forced is not None and forced not in choices:
+        raise ValueError(f"{variable}={forced!r}: expected one of {', '.join(choices)}")
+    found = list(available())
+    if forced is not None and forced not in found:
+        raise RuntimeError(
+            f"{variable}={forced} is not available on {where} (available: {', '.join(found)})"
+            + (f"; {hint}" if hint else "")
+        )
+    choice = forced or found[0]
+    level = logging.WARNING if choice in slow else logging.INFO
+    _backend_logger.log(level, "cd_fast %s on %s: %s (available: %s)", what, where, choice, found)
+    _chosen[key] = choice
+    return choice
 
 
 _warned: set[tuple[str, str]] = set()
@@ -122,6 +166,38 @@ def take(items: Iterable[T], limit: int | None) -> Iterator[T]:
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     yield from items if limit is None else itertools.islice(items, limit)
+
+
+class StopSignals:
+    """While active (in the main thread), SIGTERM and Ctrl-C (SIGINT) only note a stop request
+    (`received`, the signal's number): a long job finishes its current step, checkpoints and
+    returns, and its command exits 128 + the signal's number (143, 130). A second Ctrl-C
+    interrupts at once. Elsewhere (a thread) it does nothing."""
+
+    STOPPING = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, announce: bool = True):
+        self.announce = announce
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        if self.announce:
+            print(f"\nsignal {signum}: stopping after this step's checkpoint", file=sys.stderr)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.STOPPING:
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
 
 PROGRESS_SECONDS = float(os.environ.get("CD_FAST_PROGRESS_SECONDS") or 30)

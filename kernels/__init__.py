@@ -41,14 +41,9 @@ if __name__ != "cd_fast.kernels":
     del _load_in_our_place
 else:
     from cd_fast.kernels.causal_conv1d import causal_conv1d_varlen
-    from cd_fast.kernels.pack import (
-        IGNORE_INDEX,
-        PackedBatch,
-        TokenStore,
-        label_token_count,
-        pack_sequences,
-    )
-    from cd_fast.kernels.token_scores import TokenScores, token_scores
+    from cd_fast.kernels.outputs import IGNORE_INDEX, PackedBatch, TokenScores
+    from cd_fast.kernels.pack import TokenStore, label_token_count, pack_sequences
+    from cd_fast.kernels.token_scores import token_scores
 
     __all__ = [
         "IGNORE_INDEX",

@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from cd_fast.kernels import outputs
 from cd_fast.runtime import kernel_fallback_once, triton_can_run
 
 logger = logging.getLogger(__name__)
@@ -201,11 +202,6 @@ def _causal_conv1d_bwd_kernel(
         tl.store(p_dbias_parts + i_g * D + o_d, b_dbias, mask=m_d)
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Output allocation (one place, so tests can poison it)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _search_steps(cu_seqlens: torch.Tensor) -> int:
     return max(1, math.ceil(math.log2(max(cu_seqlens.numel() - 1, 1))))
 
@@ -218,7 +214,7 @@ def causal_conv1d_fwd(
     silu: bool,
 ) -> torch.Tensor:
     tokens, channels = x.shape
-    y = _empty((tokens, channels), x.dtype, x.device)
+    y = outputs.empty((tokens, channels), x.dtype, x.device)
     grid = (triton.cdiv(tokens, FWD_BLOCK_T), triton.cdiv(channels, FWD_BLOCK_D))
     _causal_conv1d_fwd_kernel[grid](
         x,
@@ -254,9 +250,11 @@ def causal_conv1d_bwd(
     width = weight.shape[1]
     tiles_per_program = triton.cdiv(triton.cdiv(tokens, BWD_BLOCK_T), BWD_PROGRAMS_T)
     parts = triton.cdiv(triton.cdiv(tokens, BWD_BLOCK_T), tiles_per_program)
-    dx = _empty((tokens, channels), x.dtype, x.device)
-    dweight_parts = _empty((parts, channels, width), torch.float32, x.device)
-    dbias_parts = _empty((parts, channels), torch.float32, x.device) if bias is not None else None
+    dx = outputs.empty((tokens, channels), x.dtype, x.device)
+    dweight_parts = outputs.empty((parts, channels, width), torch.float32, x.device)
+    dbias_parts = (
+        outputs.empty((parts, channels), torch.float32, x.device) if bias is not None else None
+    )
     _causal_conv1d_bwd_kernel[(parts, triton.cdiv(channels, BWD_BLOCK_D))](
         x,
         weight,

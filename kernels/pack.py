@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
+from cd_fast.kernels import outputs
+from cd_fast.kernels.outputs import IGNORE_INDEX, PackedBatch
 from cd_fast.runtime import kernel_fallback_once, triton_can_run
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 @triton.jit
@@ -62,51 +60,6 @@ def _pack_kernel(
         tl.store(p_cu_seqlens + i_b + 1, (dst + n).to(tl.int32))
         if i_b == 0:
             tl.store(p_cu_seqlens, tl.zeros((), dtype=tl.int32))
-
-
-@dataclass
-class PackedBatch:
-    """One padding-free batch: B sequences laid end to end in a single row of T tokens.
-
-    input_ids, labels, position_ids: int64 [1, T] (labels -100 on prompts and sequence starts);
-    cu_seqlens: int32 [B + 1] sequence boundaries; max_seqlen, num_label_tokens, seq_lengths:
-    host values, so the step loop never reads them back from the device.
-    """
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    position_ids: torch.Tensor
-    cu_seqlens: torch.Tensor
-    max_seqlen: int
-    num_label_tokens: int
-    seq_lengths: list[int]
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.shape[-1])
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for an HF causal LM running cd_fast's varlen attention.
-
-        The all-true 2D attention mask stops transformers from probing position_ids for packed
-        sequences (a host sync); the attention reads the boundaries from cu_seq_lens_*. No KV
-        cache: training and scoring never reuse it.
-        """
-        return {
-            "input_ids": self.input_ids,
-            "position_ids": self.position_ids,
-            "attention_mask": torch.ones_like(self.input_ids, dtype=torch.bool),
-            "cu_seq_lens_q": self.cu_seqlens,
-            "cu_seq_lens_k": self.cu_seqlens,
-            "max_length_q": self.max_seqlen,
-            "max_length_k": self.max_seqlen,
-            "use_cache": False,
-        }
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Output allocation (one place, so tests can poison it)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def label_token_count(lengths: Sequence[int], prompt_lengths: Sequence[int]) -> int:
@@ -153,10 +106,10 @@ def pack_fwd(
         meta = meta_host.pin_memory().to(device, non_blocking=True)
     else:
         meta = meta_host
-    input_ids = _empty((1, total), torch.int64, device)
-    labels = _empty((1, total), torch.int64, device)
-    position_ids = _empty((1, total), torch.int64, device)
-    cu_seqlens = _empty((count + 1,), torch.int32, device)
+    input_ids = outputs.empty((1, total), torch.int64, device)
+    labels = outputs.empty((1, total), torch.int64, device)
+    position_ids = outputs.empty((1, total), torch.int64, device)
+    cu_seqlens = outputs.empty((count + 1,), torch.int32, device)
     block = min(block_t, triton.next_power_of_2(max_seqlen))
     grid = (count, triton.cdiv(max_seqlen, block))
     _pack_kernel[grid](

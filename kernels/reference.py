@@ -9,8 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cd_fast.kernels.pack import IGNORE_INDEX, PackedBatch
-from cd_fast.kernels.token_scores import TokenScores
+from cd_fast.kernels.outputs import IGNORE_INDEX, PackedBatch, TokenScores
 
 
 def pack_from_store_ref(

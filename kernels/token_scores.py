@@ -26,10 +26,9 @@ split  The logits of a chunk of tokens come from one cuBLAS GEMM with fp32 outpu
        row reduces them in a single read. Extra memory is one chunk (under `max_chunk_bytes`,
        512 MiB by default); the price is writing and re-reading 4V bytes per token. It is the
        CPU path (torch GEMM) and the fallback for fp32 inputs on a GPU.
-bench/token_scores.py times both against the bare GEMM and Liger's fused kernel. On an H100
-(bench/results/token_scores.md, T 16k, V 151,936, bf16) split took 1.52x / 1.25x the bare GEMM
-at H 1536 / 4096 and the best fused tile shape 1.70x / 1.38x: the Triton main loop (cp.async +
-wgmma, no TMA, no warp specialisation) does not keep up with cuBLAS, so split is the default.
+bench/token_scores.py times both against the bare GEMM and Liger's fused kernel; on an H100
+split was the faster (bench/results/token_scores.md): the Triton main loop (cp.async + wgmma,
+no TMA, no warp specialisation) does not keep up with cuBLAS, so split is the default.
 """
 
 from __future__ import annotations
@@ -37,25 +36,18 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from cd_fast.kernels import outputs
+from cd_fast.kernels.outputs import IGNORE_INDEX, TokenScores
 from cd_fast.runtime import kernel_fallback_once, triton_can_run
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 DEFAULT_MAX_CHUNK_BYTES = 512 << 20
-
-
-class TokenScores(NamedTuple):
-    surprisal: torch.Tensor
-    """float32 [T]: -log p(target), natural log; 0 where the target is -100."""
-    entropy: torch.Tensor
-    """float32 [T]: entropy of the next-token distribution; 0 where the target is -100."""
 
 
 @triton.jit
@@ -260,11 +252,6 @@ DEFAULT_FUSED = "t256-v128-w8"
 METHODS = ("split", "fused")
 
 
-def _empty(size: int, device: torch.device) -> torch.Tensor:
-    """Output allocation (one place, so tests can poison it)."""
-    return torch.empty(size, dtype=torch.float32, device=device)
-
-
 def token_scores_fused_fwd(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -282,8 +269,8 @@ def token_scores_fused_fwd(
     group_t = max(1, config.group_bytes // (config.block_t * size * hidden.element_size()))
     precision = "ieee" if hidden.dtype == torch.float32 else "tf32"  # tf32: ignored for bf16
     upcast = hidden.dtype == torch.bfloat16 and not hidden.is_cuda
-    surprisal = _empty(tokens, hidden.device)
-    entropy = _empty(tokens, hidden.device)
+    surprisal = outputs.empty((tokens,), torch.float32, hidden.device)
+    entropy = outputs.empty((tokens,), torch.float32, hidden.device)
     for start in range(0, tokens, chunk):
         end = min(start + chunk, tokens)
         count = end - start
@@ -339,8 +326,8 @@ def token_scores_split_fwd(
     tokens, vocab = hidden.shape[0], weight.shape[0]
     if chunk_size is None:
         chunk_size = max(1, min(tokens, max_chunk_bytes // (4 * vocab)))
-    surprisal = _empty(tokens, hidden.device)
-    entropy = _empty(tokens, hidden.device)
+    surprisal = outputs.empty((tokens,), torch.float32, hidden.device)
+    entropy = outputs.empty((tokens,), torch.float32, hidden.device)
     use_triton = triton_can_run(hidden.device)
     if not use_triton:
         kernel_fallback_once(logger, hidden.device, "token_scores")

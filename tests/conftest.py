@@ -71,6 +71,24 @@ def cdfast():
     return run_cdfast
 
 
+@dataclass
+class MicroDemo:
+    args: tuple[str, ...]  # the smallest whole demo: one budget, on the CPU
+    out: Path
+    done: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def micro_demo(tmp_path_factory) -> MicroDemo:
+    """`cdfast demo --size micro` run once, straight through. The kernels' own tests cover the
+    Triton interpreter; here it would make the run 8x slower."""
+    args = ("demo", "--size", "micro", "--device", "cpu", "--budgets", "0.5")
+    root = tmp_path_factory.mktemp("micro-demo")
+    out = root / "demo"
+    done = run_cdfast(*args, "-o", out, env={"TRITON_INTERPRET": None}, cwd=root)
+    return MicroDemo(args, out, done)
+
+
 def relative_error(ref: torch.Tensor, got: torch.Tensor) -> float:
     """||got - ref|| / ||ref|| in float64; NaN anywhere in `got` fails."""
     assert not torch.isnan(got).any(), "NaN in the result"
@@ -81,6 +99,21 @@ def relative_error(ref: torch.Tensor, got: torch.Tensor) -> float:
 def _assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, tol: float) -> None:
     error = relative_error(ref, got)
     assert error < tol, f"{name}: relative error {error:.3g} >= {tol:g}"
+
+
+@pytest.fixture
+def poison_outputs(monkeypatch):
+    """poison_outputs(fill): every kernel output starts filled with `fill` (NaN, or a sentinel
+    for integer outputs), so an element a kernel never writes fails the comparison."""
+    from cd_fast.kernels import outputs
+
+    def poison(fill: float) -> None:
+        def empty(shape, dtype, device):
+            return torch.full(shape, fill, dtype=dtype, device=device)
+
+        monkeypatch.setattr(outputs, "empty", empty)
+
+    return poison
 
 
 @pytest.fixture
@@ -144,25 +177,7 @@ def smollm2_dir(smollm2, tmp_path_factory) -> Path:
 
 # ---- tiny random students with the real tokenizer (trainer, eval and reliability tests) ----
 
-# LoRA freezes the random head: a wider init gives its logits a range the adapters can use.
-TINY = {
-    "qwen2": ("Qwen2Config", {}),
-    "qwen3": ("Qwen3Config", {"head_dim": 16, "initializer_range": 0.3}),
-    "llama": ("LlamaConfig", {"initializer_range": 0.3}),
-    # Qwen3.5's hybrid: a Gated-DeltaNet layer (causal conv1d + gated delta rule) and attention
-    "qwen3_5": (
-        "Qwen3_5TextConfig",
-        {
-            "head_dim": 16,
-            "linear_num_key_heads": 2,
-            "linear_num_value_heads": 4,  # grouped values, as in the real models
-            "linear_key_head_dim": 16,
-            "linear_value_head_dim": 16,
-            "layer_types": ["linear_attention", "full_attention"],
-            "initializer_range": 0.3,
-        },
-    ),
-}
+TINY = ("qwen2", "qwen3", "llama", "qwen3_5")  # bench/shapes.py: "tiny-" + kind
 
 
 @pytest.fixture(scope="session")
@@ -177,22 +192,12 @@ def tokenizer_dir(smollm2_path, tmp_path_factory) -> Path:
 
 
 def _make_tiny(kind: str, tokenizer_dir: Path, out: Path, tied: bool = True) -> Path:
-    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config_name, extra = TINY[kind]
+    from cd_fast.bench.shapes import model_config
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = getattr(transformers, config_name)(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=len(tokenizer),
-        tie_word_embeddings=tied,
-        max_position_embeddings=4096,
-        **extra,
-    )
+    config = model_config(f"tiny-{kind}", vocab_size=len(tokenizer), tie_word_embeddings=tied)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -224,9 +229,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def mixed_traces(qwen3):
     """The shortest traces of each kind (math, deduction, recall, overthinking, instructions)
     whose trace states their answer."""
-    from cd_fast.compress.select import contains_answer
     from cd_fast.data import TraceReader
-    from cd_fast.formats import final_answer
+    from cd_fast.formats import contains_answer, final_answer
 
     every = list(TraceReader(qwen3.traces, prompts=qwen3.items))
     chosen = []
@@ -234,7 +238,8 @@ def mixed_traces(qwen3):
         usable = [
             t
             for t in every
-            if t.id.startswith(kind) and (not t.gold or contains_answer(t.trace, final_answer(t)))
+            if t.id.startswith(kind)
+            and (not t.gold or contains_answer(t.trace, final_answer(t.gold, t.answer, t.trace)))
         ]
         chosen += sorted(usable, key=lambda t: (len(t.trace), t.id))[:count]
     return chosen

@@ -11,7 +11,7 @@ import pytest
 
 from cd_fast.compress import CompressConfig
 from cd_fast.config import add_config_arguments, config_from_args, option
-from cd_fast.data import Trace
+from cd_fast.data import ReadConfig, Trace
 from cd_fast.eval import EvalConfig
 from cd_fast.formats import (
     DEFAULT_TARGET_TEMPLATE,
@@ -28,7 +28,7 @@ from cd_fast.segment import SegmentConfig
 from cd_fast.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = (TrainConfig, CompressConfig, ScoreConfig, EvalConfig, SegmentConfig)
+CONFIGS = (TrainConfig, CompressConfig, ScoreConfig, EvalConfig, SegmentConfig, ReadConfig)
 
 
 # ---- the trace format ----
@@ -59,9 +59,9 @@ def test_bad_target_templates_are_refused(template):
 
 def test_final_answer_rule_is_gold_then_response_then_trace():
     trace = Trace(id="a", question="q", trace="so 12 apples", answer="It is \\boxed{13}.")
-    assert final_answer(trace) == "13"
-    assert final_answer(Trace(id="a", question="q", trace="so 12", gold="14")) == "14"
-    assert final_answer(Trace(id="a", question="q", trace="so 12 apples")) == "12"
+    assert final_answer(trace.gold, trace.answer, trace.trace) == "13"
+    assert final_answer("14", None, "so 12") == "14"
+    assert final_answer(None, None, "so 12 apples") == "12"
     assert split_completion("<think>a</think> b") == ("a", "b")
 
 
@@ -107,10 +107,10 @@ def test_flags_parse_into_a_validated_config():
     add_config_arguments(parser, TrainConfig)
     flags = "-o run --lora-r 8 --no-master-weights --lora-target-modules q_proj k_proj"
     args = parser.parse_args([*flags.split(), "--optim", "adamw_8bit"])
-    config = config_from_args(TrainConfig, args, extra={"data": "x"})
+    config = config_from_args(TrainConfig, args, seed=7)
     assert (config.lora_r, config.master_weights, config.optim) == (8, False, "adamw_8bit")
     assert config.lora_target_modules == ["q_proj", "k_proj"]
-    assert config.extra == {"data": "x"}
+    assert config.seed == 7  # an override wins over the flags
     with pytest.raises(SystemExit):
         parser.parse_args(["-o", "run", "--optim", "sgd"])  # choices come from the metadata
     with pytest.raises(SystemExit):  # option(minimum=1): refused when parsed
@@ -212,3 +212,120 @@ def test_no_module_imports_another_packages_private_names():
 def test_models_does_not_import_training():
     modules = {module for module, _ in _imports(REPO / "cd_fast" / "models.py")}
     assert not any(m.startswith("cd_fast.train") for m in modules), modules
+
+
+# ---- the import graph: no cycles, no import from a higher layer ----
+
+EXTENSIONS = {"cd_fast._C"}  # compiled (csrc/)
+# lowest first; a module belongs to the layer of its longest listed prefix
+LAYERS = (
+    ("cd_fast._version", "cd_fast._ext", "cd_fast.runtime", "cd_fast.config", "cd_fast.formats"),
+    ("cd_fast.data", "cd_fast.runs"),
+    ("cd_fast", "cd_fast.segment", "cd_fast.kernels", "cd_fast.patches", "cd_fast.models"),
+    ("cd_fast.score",),
+    ("cd_fast.compress",),
+    ("cd_fast.train",),
+    ("cd_fast.eval",),
+    ("cd_fast.demo",),
+    ("cd_fast.bench",),
+    ("cd_fast.cli",),
+)
+
+
+def _module_files() -> dict[str, Path]:
+    """Every module of the installed package, by name (kernels/ and bench/ as installed)."""
+    found = {}
+    for path in REPO.glob("cd_fast/**/*.py"):
+        found[".".join(path.relative_to(REPO).with_suffix("").parts)] = path
+    for folder in ("kernels", "bench"):
+        for path in (REPO / folder).glob("*.py"):
+            found[f"cd_fast.{folder}.{path.stem}"] = path
+    return {name.removesuffix(".__init__"): path for name, path in found.items()}
+
+
+def _runtime_imports(path: Path, module: str, modules: set[str]) -> set[str]:
+    """The cd_fast modules `module` imports when it runs (inside functions too; not the
+    `if TYPE_CHECKING:` ones), relative imports resolved. `from package import submodule`
+    depends on the submodule (the package has run by then)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+    }
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            inner = {f"{base}.{alias.name}" for alias in node.names}
+            submodules = inner & (modules | EXTENSIONS)
+            names |= submodules if submodules == inner else {base, *submodules}
+    return {n for n in names if n in modules}
+
+
+def _layer(module: str) -> int:
+    matches = [
+        (len(prefix), i)
+        for i, layer in enumerate(LAYERS)
+        for prefix in layer
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    best = max(matches, default=None)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS"
+    return best[1]
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _module_files()
+    return {
+        name: _runtime_imports(path, name, set(modules)) - {name} for name, path in modules.items()
+    }
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                raise AssertionError(" -> ".join([*path, module, target]))
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_no_module_imports_from_a_higher_layer():
+    upward = [
+        f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
+        for module, targets in import_graph().items()
+        for target in targets
+        if _layer(target) > _layer(module)
+    ]
+    assert not upward, upward
+
+
+def test_modules_stay_short_and_the_trainer_keeps_only_the_loop():
+    long = {
+        str(path.relative_to(REPO)): n
+        for path in REPO.glob("cd_fast/**/*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 600
+    }
+    assert not long, long
+    tree = ast.parse((REPO / "cd_fast" / "train" / "trainer.py").read_text(encoding="utf-8"))
+    (trainer,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer"]
+    assert trainer.end_lineno - trainer.lineno + 1 < 400

@@ -17,13 +17,12 @@ from cd_fast.compress.backbone import (
     BACKBONE,
     DECORATION,
     REST,
-    step_units,
     token_priority,
     value_flow,
 )
 from cd_fast.compress.config import CompressConfig
 from cd_fast.compress.html import render_html
-from cd_fast.compress.methods import ablation_groups, answer_units
+from cd_fast.compress.units import ablation_groups, answer_units, step_units
 from cd_fast.data import Trace, write_jsonl
 from cd_fast.demo.data import make_dataset
 from cd_fast.demo.tokenizer import train_tokenizer

@@ -6,8 +6,9 @@ import pytest
 
 from cd_fast.compress import METHODS, CompressConfig, Compressor, adaptive_targets, compress
 from cd_fast.compress.rewrite import fill_template, prompt_template
-from cd_fast.compress.select import answer_position, contains_answer, join_spans
+from cd_fast.compress.select import join_spans
 from cd_fast.data import Trace
+from cd_fast.formats import answer_position, contains_answer
 from cd_fast.score.steps import step_scores
 from cd_fast.score.store import RecordScores
 
@@ -138,7 +139,6 @@ def test_stored_step_scores_follow_the_steps_they_are_read_for():
         offsets=offsets,
         surprisal=surprisal,
         entropy=entropy,
-        protected=np.zeros(4, dtype=bool),
         steps=stored_steps,
         step_scores=step_scores(offsets, stored_steps, surprisal, entropy),
     )

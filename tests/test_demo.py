@@ -6,9 +6,9 @@ import json
 import re
 from pathlib import Path
 
-from cd_fast.compress.select import contains_answer
 from cd_fast.demo import make_dataset
 from cd_fast.eval import grade
+from cd_fast.formats import contains_answer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,14 +30,8 @@ def test_generated_problems_are_verifiable_and_verbose():
     assert "double-check" in text and "Hmm, maybe" in text and "verify" in text
 
 
-def test_demo_runs_end_to_end_and_reports(cdfast, tmp_path):
-    # The kernels' own tests cover the Triton interpreter; here it would make the run 8x slower.
-    out = tmp_path / "demo"
-    done = cdfast(
-        *("demo", "--size", "micro", "-o", out, "--device", "cpu", "--budgets", "0.5"),
-        env={"TRITON_INTERPRET": None},
-        cwd=tmp_path,
-    )
+def test_demo_runs_end_to_end_and_reports(micro_demo, cdfast, tmp_path):
+    out, done = micro_demo.out, micro_demo.done
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "demo.json").read_text())
     runs = results["runs"]

@@ -13,7 +13,7 @@ def parameters(fn) -> list[str]:
 
 
 def test_liger_instance_patch_and_fused_loss():
-    """train/model.apply_liger and train/loss._liger_loss."""
+    """patches/liger.apply_liger and train/loss._liger_loss."""
     from liger_kernel.transformers import (
         LigerFusedLinearCrossEntropyLoss,
         _apply_liger_kernel_to_instance,
@@ -57,7 +57,7 @@ def test_peft_lora_config_names():
 
 
 def test_bitsandbytes_nf4_config_and_8bit_adamw():
-    """train/model.load_model (QLoRA) and Trainer._make_optimizer (adamw_8bit). A misspelt
+    """train/model.load_model (QLoRA) and train/optim._adamw (adamw_8bit). A misspelt
     BitsAndBytesConfig keyword would only be warned about, so the values are read back."""
     import bitsandbytes as bnb
     from transformers import BitsAndBytesConfig

@@ -4,21 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-import cd_fast.kernels.pack as pack_module
-from cd_fast.kernels.pack import IGNORE_INDEX, TokenStore, pack_sequences
+from cd_fast.kernels import IGNORE_INDEX
+from cd_fast.kernels.pack import TokenStore, pack_sequences
 from cd_fast.kernels.reference import pack_from_store_ref, pack_sequences_ref
 
 SENTINEL = -7777
 
 
 @pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch):
-    """Every output starts filled with a sentinel, so an unwritten element fails the test."""
-
-    def empty(shape, dtype, device):
-        return torch.full(shape, SENTINEL, dtype=dtype, device=device)
-
-    monkeypatch.setattr(pack_module, "_empty", empty)
+def poisoned_outputs(poison_outputs):
+    poison_outputs(SENTINEL)
 
 
 def assert_batches_equal(got, want):

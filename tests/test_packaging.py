@@ -42,22 +42,12 @@ import torch, transformers
 import transformers.integrations.hub_kernels
 import kernels
 import cd_fast.kernels
+from cd_fast.bench.shapes import model_config
 
-TINY = {
-    "Qwen3_5TextConfig": dict(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
-        linear_key_head_dim=8, linear_value_head_dim=8, num_hidden_layers=2,
-        layer_types=["linear_attention", "full_attention"],
-    ),
-    "LlamaConfig": dict(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, num_hidden_layers=2,
-    ),
-}
-for name, shape in TINY.items():
+for name in ("micro-qwen3_5", "tiny-llama"):
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, name)(**shape))
+    config = model_config(name, vocab_size=300)
+    model = transformers.AutoModelForCausalLM.from_config(config)
     logits = model(torch.tensor([[1, 2, 3, 4, 5]])).logits
     assert logits.shape == (1, 5, 300) and bool(torch.isfinite(logits).all()), name
 print(json.dumps({

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,9 +86,9 @@ def spawn(*args: object, kill: tuple[str, int] | None = None, limit_bytes: int |
     def limit_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
-    launcher = [str(REPO / "tests" / "interrupt.py"), kill[0], str(kill[1])] if kill else [
-        "-m", "cd_fast.cli"
-    ]  # fmt: skip
+    launcher = ["-m", "cd_fast.cli"]
+    if kill:
+        launcher = [str(REPO / "tests" / "interrupt.py"), kill[0], str(kill[1])]
     return subprocess.run(
         [sys.executable, *launcher, *map(str, args)],
         capture_output=True,
@@ -162,19 +163,17 @@ def student(tiny_models) -> Path:
 
 def command_args(command: str, source: Path, out: Path, student: Path) -> list[object]:
     """The cheapest useful run of each command on `source`."""
-    return {
-        "segment": ["segment", source, "-o", out],
-        "compress": ["compress", source, "-o", out, "--method", "truncate", "--budget", "0.5",
-                     "--tokenizer", student, "--batch-size", "4"],
-        "score": ["score", source, "-o", out, "--model", student, "--shard-size", "4",
-                  "--device", "cpu"],
-        "train": ["train", source, "--model", student, "-o", out, "--max-steps", "4",
-                  "--max-tokens-per-step", "1024", "--max-seq-length", "256", "--logging-steps",
-                  "1", "--save-steps", "2", "--device", "cpu", "--learning-rate", "3e-3",
-                  "--lr-scheduler-type", "constant"],
-        "eval": ["eval", source, "--model", student, "-o", out, "--max-new-tokens", "4",
-                 "--batch-size", "4", "--device", "cpu"],
-    }[command]  # fmt: skip
+    options = {
+        "segment": "",
+        "compress": "--method truncate --budget 0.5 --batch-size 4",
+        "score": "--shard-size 4 --device cpu",
+        "train": "--max-steps 4 --max-tokens-per-step 1024 --max-seq-length 256 "
+        "--logging-steps 1 --save-steps 2 --device cpu --learning-rate 3e-3 "
+        "--lr-scheduler-type constant",
+        "eval": "--max-new-tokens 4 --batch-size 4 --device cpu",
+    }[command].split()
+    model = {"compress": ["--tokenizer", student], "segment": []}.get(command, ["--model", student])
+    return [command, source, "-o", out, *options, *model]
 
 
 # ---- bad input files, in every command ----
@@ -334,9 +333,9 @@ def test_unusable_device_and_dead_rewrite_server_are_one_line(files, student, tm
     if not torch.cuda.is_available():
         args[-1] = "cuda"
         assert_error(run(capsys, *args), "no CUDA GPU; use --device cpu")
-    rewrite = ["compress", files["good"], "-o", tmp_path / "r.jsonl", "--method", "rewrite",
-               "--backend", "http", "--base-url", "http://127.0.0.1:9/v1", "--rewriter", "m",
-               "--tokenizer", student, "--retries", "0", "--timeout", "2"]  # fmt: skip
+    server = "--backend http --base-url http://127.0.0.1:9/v1 --rewriter m --retries 0 --timeout 2"
+    rewrite = ["compress", files["good"], "-o", tmp_path / "r.jsonl", "--method", "rewrite"]
+    rewrite += [*server.split(), "--tokenizer", student]
     assert_error(run(capsys, *rewrite), "no answer after 1 attempts", "--resume")
     assert not list(tmp_path.glob("r.jsonl*"))  # nothing was finished: nothing is left
 
@@ -377,8 +376,8 @@ def test_compare_names_a_corrupt_or_missing_metrics_file(tmp_path, capsys):
     good, bad = tmp_path / "good", tmp_path / "bad"
     for run_dir in (good, bad):
         run_dir.mkdir()
-    metrics = {"accuracy": 0.5, "mean_output_tokens": 10.0, "median_output_tokens": 10,
-               "truncation_rate": 0.0, "accuracy_per_1k_tokens": 50.0}  # fmt: skip
+    metrics = dict(accuracy=0.5, mean_output_tokens=10.0, median_output_tokens=10)
+    metrics.update(truncation_rate=0.0, accuracy_per_1k_tokens=50.0)
     (good / "metrics.json").write_text(json.dumps(metrics))
     (bad / "metrics.json").write_text('{"accuracy": 0.5, "mean_')
     assert_error(
@@ -404,8 +403,8 @@ def test_compress_resume_refuses_other_settings_and_a_second_writer(
     other = write_jsonl(
         tmp_path / "other.jsonl", [json.loads(x) for x in files["good"].open()][::-1]
     )
-    assert_error(run(capsys, *[other if a == files["good"] else a for a in args], "--resume"),
-                 "records differ")  # fmt: skip
+    other_args = [other if a == files["good"] else a for a in args]
+    assert_error(run(capsys, *other_args, "--resume"), "records differ")
     with RunLock(tmp_path / "c.jsonl.lock", "c.jsonl"):
         assert_error(run(capsys, *args, "--resume"), "being written by another cdfast run")
     assert_ok(run(capsys, *args, "--resume"))
@@ -462,8 +461,8 @@ def test_train_refuses_finished_output_and_other_settings_on_resume(
     other = write_jsonl(
         tmp_path / "other.jsonl", [json.loads(x) for x in files["good"].open()][:12]
     )
-    assert_error(run(capsys, *[other if a == files["good"] else a for a in args], "--resume"),
-                 "data", "another file")  # fmt: skip
+    other_args = [other if a == files["good"] else a for a in args]
+    assert_error(run(capsys, *other_args, "--resume"), "data", "another file")
     rows = (out / "metrics.jsonl").read_text()
     assert_ok(run(capsys, *args, "--overwrite-output-dir"))
     assert (out / "metrics.jsonl").read_text().count('"step": 1,') == 1
@@ -589,8 +588,8 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
 @pytest.mark.parametrize(
     "target",
     [
-        "cd_fast.train.trainer:Trainer._apply_update",
-        "cd_fast.train.trainer:Trainer._apply_update",
+        "cd_fast.train.optim:Optimization.update",
+        "cd_fast.train.optim:Optimization.update",
         "cd_fast.train.checkpoint:save_file",  # inside a checkpoint's writing
     ],
 )
@@ -621,3 +620,169 @@ def test_segment_killed_leaves_the_earlier_output(files, tmp_path, capsys):
     assert out.read_text() == "earlier\n"
     out.unlink()
     assert_ok(run(capsys, "segment", files["good"], "-o", out))
+
+
+# ---- the defects a probe of bad inputs and interruptions found (issue 28) ----
+
+
+def test_demo_stopped_by_a_signal_checkpoints_exits_143_or_130_and_resumes(
+    micro_demo, tmp_path, capsys
+):
+    assert micro_demo.done.returncode == 0, micro_demo.done.stderr[-3000:]
+    expected = json.loads((micro_demo.out / "demo.json").read_text())["runs"]
+    out = tmp_path / "demo"
+    args = [*micro_demo.args, "-o", out]
+    step = "cd_fast.train.trainer:Trainer._micro_step"  # once a step (no accumulation)
+    stopped = spawn(*args, kill=(step, "3:TERM"))  # SIGTERM in the original's third step
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    line = stopped.stderr.strip().splitlines()[-1]
+    assert "signal 15 while training the student on original (checkpoint at step 3)" in line
+    assert "--resume" in line and "cannot load model" not in stopped.stderr
+    assert (out / "train-original" / "checkpoint-3").is_dir()
+    assert not (out / "train-token@0.5").exists()  # the demo went no further
+    # Ctrl-C in the second student's second step (the original has steps - 3 left to run)
+    second = expected["original"]["train_steps"] - 3 + 2
+    interrupted = spawn(*args, "--resume", kill=(step, f"{second}:INT"))
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    assert "signal 2 while training the student on token@0.5" in interrupted.stderr
+    assert_ok(run(capsys, *args, "--resume"))
+    runs = json.loads((out / "demo.json").read_text())["runs"]
+    keys = ("train_steps", "train_label_tokens", "final_loss", "accuracy", "mean_output_tokens")
+    assert {n: [r[k] for k in keys] for n, r in runs.items()} == {
+        n: [r[k] for k in keys] for n, r in expected.items()
+    }
+    changed = [a if a != "0.5" else "0.3" for a in args]
+    assert_error(run(capsys, *changed, "--resume"), "budgets [0.5] -> [0.3]")
+
+
+def test_finished_compress_output_resumed_with_other_settings_is_refused(
+    files, student, tmp_path, capsys
+):
+    out = tmp_path / "c.jsonl"
+    args = command_args("compress", files["good"], out, student)
+    first = assert_ok(run(capsys, *args))
+    finished = out.read_bytes()
+    assert assert_ok(run(capsys, *args, "--resume")) == first  # the same run: its summary
+    changed = [a if a != "0.5" else "0.8" for a in args]
+    assert_error(run(capsys, *changed, "--resume"), "budget 0.5 -> 0.8")
+    other = write_jsonl(tmp_path / "other.jsonl", [json.loads(x) for x in files["good"].open()][:5])
+    other_args = [other if a == files["good"] else a for a in args]
+    assert_error(run(capsys, *other_args, "--resume"), "input", "another file")
+    assert out.read_bytes() == finished
+
+
+def test_score_takes_its_lock_before_it_checks_the_folder_or_loads_a_model(files, tmp_path, capsys):
+    out = tmp_path / "s"
+    args = command_args("score", files["good"], out, tmp_path / "no-such-model")
+    with RunLock(out / ".lock", "s"):  # a first run, still loading its model
+        line = assert_error(run(capsys, *args, "--window", "512", "--overlap", "64"))
+        assert "being written by another cdfast run" in line and "no such model" not in line
+    assert not (out / "manifest.json").exists()
+
+
+@pytest.fixture(scope="module")
+def damaged_student(student, tmp_path_factory) -> Path:
+    """The tiny student with its model.safetensors cut in half (a copy interrupted)."""
+    copy = tmp_path_factory.mktemp("damaged") / "student"
+    shutil.copytree(student, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return copy
+
+
+@pytest.mark.parametrize("command", ("score", "train", "eval"))
+def test_truncated_weights_are_one_line(command, files, damaged_student, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = command_args(command, files["good"], out, damaged_student)
+    assert_error(run(capsys, *args), "weights file is damaged or cut short")
+    assert not out.exists()
+
+
+RECORD = '{"id": "a", "question": "q", "trace": "x y", "gold": "1", "meta": %s}'
+BAD_RECORDS = {  # a line of input, and what the error line says
+    "lone_surrogate": (RECORD.replace("x y", "x \\ud800 y") % "{}", "field 'trace': holds a lone"),
+    "nan": (RECORD.replace('"1"', "NaN") % "{}", "NaN is not JSON"),
+    "infinity": (RECORD % '{"x": -Infinity}', "-Infinity is not JSON"),
+    "deep": (RECORD % ("[" * 100_000 + "]" * 100_000), "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("command", ("segment", "compress"))
+@pytest.mark.parametrize("bad", sorted(BAD_RECORDS))
+def test_records_no_valid_text_or_strict_json_holds_are_one_line(
+    command, bad, student, tmp_path, capsys
+):
+    line, phrase = BAD_RECORDS[bad]
+    source = tmp_path / "bad.jsonl"
+    source.write_text(line + "\n")
+    out = tmp_path / "out.jsonl"
+    error = assert_error(run(capsys, *command_args(command, source, out, student)), phrase)
+    assert f"{source}:line 1" in error
+    assert not out.exists()
+
+
+def test_nan_written_from_the_api_is_refused():
+    from cd_fast.data import Trace, dumps_record
+
+    with pytest.raises(ValueError, match="Out of range float"):
+        dumps_record(Trace(id="a", question="q", trace="t", meta={"score": float("nan")}))
+
+
+def test_all_empty_traces_are_an_error_not_a_ratio_of_zero(records, student, tmp_path, capsys):
+    source = write_jsonl(tmp_path / "e.jsonl", [{**r, "trace": " "} for r in records])
+    out = tmp_path / "c.jsonl"
+    assert_error(
+        run(capsys, *command_args("compress", source, out, student)), "every trace is empty"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
+
+
+def test_samples_cut_to_the_step_budget_are_counted(files, student, tmp_path, capsys):
+    args = [*command_args("train", files["good"], tmp_path / "t", student)]
+    args[args.index("--max-tokens-per-step") + 1] = "160"  # below every sample's length
+    printed = assert_ok(run(capsys, *args, "--max-steps", "1"))
+    cfg = json.loads((tmp_path / "t" / "train_config.json").read_text())
+    assert cfg["truncated"] >= 12  # cut to the 160-token step, not to max_seq_length (256)
+    assert f"{cfg['samples']} ({cfg['truncated']} truncated, {cfg['dropped']} dropped" in printed
+
+
+def test_a_tokenizer_without_a_chat_template_is_named(files, student, tmp_path):
+    plain = tmp_path / "plain"
+    shutil.copytree(student, plain)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (plain / name).unlink(missing_ok=True)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    result = spawn(*command_args("score", files["good"], tmp_path / "s", plain), "--limit", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "has no chat template" in result.stderr
+
+
+def test_an_output_file_named_as_a_folder_is_refused(files, student, tmp_path, capsys):
+    args = command_args("compress", files["good"], f"{tmp_path / 'newdir'}/", student)
+    assert_error(run(capsys, *args), "is a folder: this command writes a file")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("command", "bad"), (("score", "invalid_json"), ("eval", "no_gold")))
+def test_a_failed_start_leaves_no_folder(command, bad, files, student, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert_error(run(capsys, *command_args(command, files[bad], out, student)))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "says"),
+    [
+        ("compress", "--budget", "1.5", "must be <= 1"),
+        ("compress", "--budget", "0", "must be > 0"),
+        ("train", "--learning-rate", "0", "must be > 0"),
+        ("segment", "--min-chars", "-1", "must be >= 0"),
+    ],
+)
+def test_option_ranges_are_refused_before_any_model_loads(
+    command, flag, value, says, files, tmp_path, capsys
+):
+    args = command_args(command, files["good"], tmp_path / "o", tmp_path / "no-such-model")
+    assert_error(run(capsys, *args, flag, value), f"argument {flag}: {says}")

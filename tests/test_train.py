@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 import torch
 
+from cd_fast.bench.shapes import SHAPES, model_config
 from cd_fast.data import TraceReader
 from cd_fast.kernels import pack_sequences
-from cd_fast.train import split_step
+from cd_fast.patches import causal_lm
+from cd_fast.train import NonFiniteLossError, Trainer, split_step
 from cd_fast.train.config import TrainConfig
 from cd_fast.train.loss import ChunkedLinearCrossEntropy, linear_cross_entropy_sum
 from cd_fast.train.memory import ModelShape, fit_memory
-from cd_fast.train.model import CausalLMLoss, causal_lm, prepare_model
+from cd_fast.train.model import CausalLMLoss, prepare_model
 from cd_fast.train.packing import Piece
-from cd_fast.train.trainer import NonFiniteLossError, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = "qwen3-8b-thinking/qwen3-8b__think-on.jsonl"
@@ -187,10 +188,11 @@ def test_resume_continues_the_exact_trajectory(tiny_models, shared_data, tmp_pat
     straight = full.train()
     run_a = tmp_path / "a" / "run"
     assert sorted(p.name for p in run_a.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
-    # A run killed after step 3 leaves exactly checkpoint-3 behind.
+    # A run killed after step 3 leaves exactly checkpoint-3 behind (beside its run.json).
     run_b = tmp_path / "b" / "run"
     run_b.mkdir(parents=True)
     shutil.copytree(run_a / "checkpoint-3", run_b / "checkpoint-3")
+    shutil.copy(run_a / "run.json", run_b / "run.json")
     resumed = Trainer(
         tiny_models["qwen3"], data, config(tmp_path / "b", resume=True, **options), progress=False
     ).train()
@@ -349,21 +351,8 @@ def test_nan_loss_stops_with_step_and_samples_or_is_skipped(
             )
 
 
-QWEN25_15B = {
-    "num_hidden_layers": 28,
-    "hidden_size": 1536,
-    "intermediate_size": 8960,
-    "num_attention_heads": 12,
-    "num_key_value_heads": 2,
-    "vocab_size": 151936,
-    "tie_word_embeddings": True,
-}
-
-
 def test_max_memory_picks_checkpointing_then_accumulation_or_fails(tmp_path):
-    from transformers import Qwen2Config
-
-    shape = ModelShape.from_config(Qwen2Config(**QWEN25_15B))
+    shape = ModelShape.from_config(model_config("qwen2.5-1.5b"))
     cfg = config(tmp_path, bf16=True, max_tokens_per_step=32768, max_seq_length=4096)
     roomy = fit_memory(shape, cfg, 200, on_cuda=True)
     assert not roomy.gradient_checkpointing and roomy.gradient_accumulation_steps == 1
@@ -628,20 +617,6 @@ def test_fsdp_sigterm_checkpoints_and_resumes_on_any_world_size(
 
 # ---- hybrid linear-attention models ----
 
-HYBRID_SHAPE = dict(
-    vocab_size=300,
-    hidden_size=32,
-    intermediate_size=64,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    linear_num_key_heads=2,
-    linear_num_value_heads=4,
-    linear_key_head_dim=8,
-    linear_value_head_dim=8,
-    num_hidden_layers=3,
-    layer_types=["linear_attention", "full_attention", "linear_attention"],
-)
 MOE_SHAPE = dict(
     num_experts=4,
     num_experts_per_tok=2,
@@ -659,13 +634,13 @@ def tiny_hybrid(kind: str):
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from cd_fast.attention import register
-    from cd_fast.linear_attention import enable_packing
+    from cd_fast.patches import register
+    from cd_fast.patches.linear_attention import enable_packing
 
     config_name, extra = HYBRIDS[kind]
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(
-        getattr(transformers, config_name)(**{**HYBRID_SHAPE, **extra})
+        getattr(transformers, config_name)(**{**SHAPES["micro-qwen3_5"][1], **extra})
     ).eval()
     model.config._attn_implementation = register()
     assert enable_packing(model) is not None
@@ -695,7 +670,7 @@ def test_unsupported_token_mixers_are_refused_before_training(tokenizer_dir, tmp
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cd_fast.linear_attention import UnpackableModelError
+    from cd_fast.patches import UnpackableModelError
 
     shape = dict(hidden_size=32, num_hidden_layers=2, vocab_size=100, intermediate_size=64)
     models = {
@@ -707,8 +682,8 @@ def test_unsupported_token_mixers_are_refused_before_training(tokenizer_dir, tmp
             layer_types=["conv", "full_attention"],
         ),
     }
-    for name, model_config in models.items():
-        model = AutoModelForCausalLM.from_config(model_config)
+    for name, architecture in models.items():
+        model = AutoModelForCausalLM.from_config(architecture)
         with pytest.raises(UnpackableModelError, match=r"outside attention.*Qwen3\.5"):
             prepare_model(model, config(tmp_path / name), torch.device("cpu"))
     model.save_pretrained(tmp_path / "lfm2")
@@ -747,14 +722,12 @@ def test_cdfast_score_on_packed_qwen3_5_equals_one_trace_at_a_time(
 
 
 def test_model_shape_counts_a_hybrids_weights():
-    import transformers
     from transformers import AutoModelForCausalLM
 
-    config_name, extra = HYBRIDS["qwen3_5"]
-    model_config = getattr(transformers, config_name)(**{**HYBRID_SHAPE, **extra})
-    model = AutoModelForCausalLM.from_config(model_config)
+    architecture = model_config("micro-qwen3_5")
+    model = AutoModelForCausalLM.from_config(architecture)
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    shape = ModelShape.from_config(model_config)
+    shape = ModelShape.from_config(architecture)
     assert (shape.attention_layers, shape.linear_layers) == (1, 2)
     assert shape.matmul_params == linear
 
@@ -763,7 +736,7 @@ def test_model_shape_counts_a_hybrids_weights():
 @needs_gpu
 def test_packed_qwen3_5_on_gpu_equals_each_sequence_alone(assert_close):
     """bf16 on CUDA: the Triton conv and (when installed) fla's varlen delta rule."""
-    from cd_fast.linear_attention import select_conv_backend, select_delta_rule_backend
+    from cd_fast.patches.linear_attention import select_conv_backend, select_delta_rule_backend
 
     model = tiny_hybrid("qwen3_5").to("cuda", torch.bfloat16)
     assert select_conv_backend(torch.device("cuda")) == "triton"
@@ -786,7 +759,7 @@ def test_liger_patches_stay_on_their_model():
     from transformers import AutoModelForCausalLM, Qwen2Config
     from transformers.models.qwen2 import modeling_qwen2
 
-    from cd_fast.train.model import apply_liger
+    from cd_fast.patches import apply_liger
 
     before = dict(vars(modeling_qwen2))
     config = Qwen2Config(
@@ -892,7 +865,7 @@ def gpu_run(tmp_path: Path, model, **options):
 @needs_gpu
 def test_bf16_full_training_on_gpu_uses_liger_and_the_fastest_attention(tmp_path):
     pytest.importorskip("liger_kernel")
-    from cd_fast.attention import available_backends, select_backend
+    from cd_fast.patches.attention import available_backends, select_backend
 
     trainer, losses = gpu_run(tmp_path, gpu_model())
     assert np.mean(losses[-3:]) < losses[0] - 2.0, losses

@@ -6,14 +6,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
-from cd_fast.attention import (
+from cd_fast.kernels.pack import pack_sequences
+from cd_fast.patches.attention import (
     available_backends,
     padding_groups,
     register,
     select_backend,
     varlen_attention,
 )
-from cd_fast.kernels.pack import pack_sequences
 
 # HF computes RMSNorm and RoPE in float32 even for float64 models, hence 1e-6 there.
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 2e-5}

@@ -34,7 +34,7 @@ _SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def explain(error: BaseException, output: object = None) -> str | None:
+def error_line(error: BaseException, output: object = None) -> str | None:
     """The one line for an anticipated failure (bad input, I/O, missing model), None for a bug.
     `output` names what the command was writing, for OS errors that carry no file name."""
     if isinstance(error, (ValueError, ImportError)):
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cdfast {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        line = explain(error, getattr(args, "output", None))
+        line = error_line(error, getattr(args, "output", None))
         if line is None or args.debug or os.environ.get("CD_FAST_DEBUG"):
             raise
         print(f"cdfast {args.command}: error: {' '.join(line.split())}", file=sys.stderr)

@@ -10,16 +10,13 @@ from pathlib import Path
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_job_arguments,
-    check_output_paths,
-    job_manifest,
-    open_reader,
+    open_input,
     record_total,
     report_skips,
 )
 from cd_fast.compress import CompressConfig, build_engine, compress_file
 from cd_fast.config import add_config_arguments, config_from_args
 from cd_fast.runtime import progress_bar
-from cd_fast.score.store import MANIFEST
 
 NAME = "compress"
 HELP = "compress traces: token/step pruning by importance, truncation, generative rewriting"
@@ -67,52 +64,37 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_job_arguments(parser, "output .jsonl", "compress")
+    add_job_arguments(parser, "output .jsonl (or the agreement table, .md)", folder=False)
     add_config_arguments(parser, CompressConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(CompressConfig, args)
-    reader = open_reader(args)
+    read, reader = open_input(args, args.output)
     if config.compare_criteria:
-        return compare_criteria(config, reader, args)
-    manifest = job_manifest(
-        "compress",
-        args,
-        {
-            "scores": Path(config.scores) / MANIFEST if config.scores else None,
-            "match_lengths": config.match_lengths,
-            "prompt": config.prompt,
-        },
-        config.result_options(),
-    )
-    engine = build_engine(config)
-    with progress_bar(f"compress ({args.method})", record_total(reader, args.limit)) as bar:
+        return compare_criteria(config, reader, read, args.output)
+    with progress_bar(f"compress ({args.method})", record_total(reader, read.limit)) as bar:
         summary = compress_file(
             reader,
             args.output,
             config,
-            engine,
+            read,
             resume=args.resume,
-            limit=args.limit,
             on_progress=lambda done: bar.update(done - bar.n),
-            manifest=manifest,
         )
     report_skips(reader)
     print_summary(summary, args.output)
     return 0
 
 
-def compare_criteria(config: CompressConfig, reader, args: argparse.Namespace) -> int:
+def compare_criteria(config: CompressConfig, reader, read, output: Path) -> int:
     """--compare-criteria: the agreement table instead of compressed traces."""
     from cd_fast.compress.agreement import agreement_table, criteria_agreement
     from cd_fast.data.writer import AtomicWriter
-    from cd_fast.runtime import take
 
-    check_output_paths(args.output, args.input, args.prompts)
     engine = build_engine(dataclasses.replace(config, method="step"))
-    traces = [t for t in take(reader, args.limit) if t.trace.strip()]
+    traces = [t for t in read.records(reader) if t.trace.strip()]
     rows = criteria_agreement(
         traces,
         engine.config,
@@ -128,7 +110,7 @@ def compare_criteria(config: CompressConfig, reader, args: argparse.Namespace) -
         f"{config.aggregation} aggregation)"
     )
     print(f"{title}\n\n{table}")
-    with AtomicWriter(args.output) as handle:
+    with AtomicWriter(output) as handle:
         handle.write(f"# {title}\n\n{table}\n")
     return 0
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
+
+from cd_fast.config import in_range
 
 NAME = "demo"
 HELP = "run the whole pipeline on an embedded default and print the paper-style table"
@@ -27,6 +30,7 @@ examples:
   cdfast demo --size tiny
   cdfast demo --size small --budgets 0.1 0.3 0.5 -o demo-small
   cdfast demo --traces my_traces.jsonl -o demo-mine      # your traces (records with gold)
+  cdfast demo --size tiny --resume      # after a stop signal (SIGTERM, Ctrl-C) ended it
 """
 
 
@@ -50,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--traces", type=Path, help="use these traces instead of generated ones")
     parser.add_argument(
         "--budgets",
-        type=float,
+        type=in_range(float, above=0, maximum=1),
         nargs="+",
         default=list(BUDGETS),
         metavar="B",
@@ -59,21 +63,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rewriter", help="also rewrite (level 2) with this local instruct model")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated dataset")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a demo a stop signal ended (finished stages are kept; without it a rerun "
+        "into the same folder starts over)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from cd_fast.demo import run_demo
+    from cd_fast.demo import DemoStopped, run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not all(0 < b <= 1 for b in args.budgets):
-        raise ValueError(f"--budgets must be in (0, 1], got {args.budgets}")
-    run_demo(
-        args.output,
-        args.size,
-        args.traces,
-        tuple(args.budgets),
-        args.rewriter,
-        args.device,
-        args.seed,
-    )
+    try:
+        run_demo(
+            args.output,
+            args.size,
+            args.traces,
+            tuple(args.budgets),
+            args.rewriter,
+            args.device,
+            args.seed,
+            resume=args.resume,
+        )
+    except DemoStopped as stopped:
+        print(
+            f"cdfast demo: {stopped}: rerun the same command with --resume to continue "
+            f"(-o {args.output})",
+            file=sys.stderr,
+        )
+        return 128 + stopped.signum
     return 0

@@ -9,16 +9,15 @@ from pathlib import Path
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_input_arguments,
-    add_limit_argument,
-    job_manifest,
-    open_reader,
+    open_input,
+    output_folder,
     record_total,
     report_skips,
 )
 from cd_fast.config import add_config_arguments, config_from_args
 from cd_fast.eval import EvalConfig, compare_table, evaluate
 from cd_fast.eval.run import METRICS, PREDICTIONS, metrics_table
-from cd_fast.runtime import progress_bar, take
+from cd_fast.runtime import progress_bar
 
 NAME = "eval"
 HELP = "generate with the student, grade with math-verify, report accuracy and output length"
@@ -45,9 +44,11 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser, required=False)
     parser.add_argument(
-        "-o", "--output", type=Path, help="run folder: predictions.jsonl, metrics.json, run.json"
+        "-o",
+        "--output",
+        type=output_folder,
+        help="run folder: predictions.jsonl, metrics.json, run.json",
     )
-    add_limit_argument(parser, "evaluate")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--baseline", type=Path, help="an earlier run folder to compare with")
     parser.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="runs to tabulate")
@@ -63,17 +64,16 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or use --compare RUN...)")
     config = config_from_args(EvalConfig, args)
-    reader = open_reader(args)
-    manifest = job_manifest("eval", args)
-    with progress_bar("eval", record_total(reader, args.limit)) as bar:
+    read, reader = open_input(args, args.output)
+    with progress_bar("eval", record_total(reader, read.limit)) as bar:
         result = evaluate(
-            take(reader, args.limit),
+            reader,
             args.output,
             config,
+            read,
             resume=args.resume,
             baseline=args.baseline,
             on_progress=bar.update,
-            manifest=manifest,
         )
     report_skips(reader)
     print(metrics_table(result))

@@ -1,4 +1,4 @@
-"""`cdfast score`: per-token surprisal/entropy, step scores and protection flags."""
+"""`cdfast score`: per-token surprisal/entropy and step scores."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import argparse
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_job_arguments,
-    job_manifest,
-    open_reader,
+    open_input,
     record_total,
     report_skips,
 )
@@ -19,8 +18,7 @@ from cd_fast.score import ScoreConfig, score_file
 NAME = "score"
 HELP = "score trace tokens and steps under a scorer LM (surprisal, entropy)"
 DESCRIPTION = f"""Teacher-force each trace under a scorer LM, conditioned on its question, and store
-per token: ids, character offsets, surprisal (-log p), entropy, a protection flag (numbers,
-operators, LaTeX math, variables in equations, the final answer); and per reasoning step the
+per token: ids, character offsets, surprisal (-log p), entropy; and per reasoning step the
 sum/mean/max of both scores. Batches are packed (no padding) and the LM head is fused with the
 scoring (no [tokens, vocab] logits). Output: a folder of Parquet shards + manifest.json, read
 back with cd_fast.score.ScoreStore; --resume skips finished shards. Under torchrun each rank
@@ -40,23 +38,16 @@ print(fetch_smollm2())" (or ../shared/tools/get-smollm2.sh).
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_job_arguments(parser, "output folder", "score")
+    add_job_arguments(parser, "output folder", folder=True)
     add_config_arguments(parser, ScoreConfig, title="scoring (ScoreConfig)", required=("model",))
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(ScoreConfig, args)
-    reader = open_reader(args)
-    manifest = job_manifest("score", args)
-    with progress_bar("score", record_total(reader, args.limit)) as bar:
+    read, reader = open_input(args, args.output)
+    with progress_bar("score", record_total(reader, read.limit)) as bar:
         scorer = score_file(
-            reader,
-            args.output,
-            config,
-            resume=args.resume,
-            on_progress=bar.update,
-            limit=args.limit,
-            manifest=manifest,
+            reader, args.output, config, read, resume=args.resume, on_progress=bar.update
         )
     stats = scorer.stats
     rate = stats.input_tokens / max(stats.seconds, 1e-9)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_input_arguments,
-    check_output_paths,
-    open_reader,
+    open_input,
+    output_file,
     record_total,
     report_skips,
 )
@@ -40,7 +39,7 @@ BATCH_RECORDS = 4096
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output .jsonl")
+    parser.add_argument("-o", "--output", type=output_file, required=True, help="output .jsonl")
     parser.add_argument(
         "--threads",
         type=at_least(int, 0),
@@ -56,15 +55,15 @@ def _chars(trace: Trace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(SegmentConfig, args)
-    reader = open_reader(args)
-    check_output_paths(args.output, args.input, args.prompts)
+    read, reader = open_input(args, args.output)
     steps_total = text_bytes = 0
     segment_seconds = 0.0
     started = time.perf_counter()
 
-    bar = progress_bar("segment", record_total(reader, None))
+    bar = progress_bar("segment", record_total(reader, read.limit))
     with AtomicWriter(args.output) as out, bar:
-        for batch in batched(reader, BATCH_RECORDS, cost=_chars, max_cost=BATCH_CHARS):
+        records = read.records(reader)
+        for batch in batched(records, BATCH_RECORDS, cost=_chars, max_cost=BATCH_CHARS):
             texts = [trace.trace for trace in batch]
             tic = time.perf_counter()
             offsets = segment_steps(texts, args.threads, config=config)

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 
 from cd_fast.cli.common import (
     INPUT_HELP,
     add_input_arguments,
-    add_limit_argument,
-    check_output_paths,
-    open_reader,
-    reader_options,
+    open_input,
     report_skips,
 )
 from cd_fast.config import add_config_arguments, config_from_args
-from cd_fast.runtime import take
 from cd_fast.train.config import TrainConfig
 
 NAME = "train"
@@ -58,7 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, help="student: HF hub id, local folder or .gguf file"
     )
-    add_limit_argument(parser, "train on")
     add_config_arguments(parser, TrainConfig, title="training (TrainConfig fields, one flag each)")
 
 
@@ -66,20 +60,17 @@ def run(args: argparse.Namespace) -> int:
     from cd_fast.train.trainer import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    data = {
-        "data": str(args.input),
-        "prompts": str(args.prompts) if args.prompts else None,
-        **reader_options(args),
-        "limit": args.limit,
-    }
-    config = config_from_args(TrainConfig, args, extra=data)
-    reader = open_reader(args)
-    check_output_paths(Path(config.output_dir), args.input, args.prompts)
-    trainer = Trainer(args.model, take(reader, args.limit), config).setup()
+    config = config_from_args(TrainConfig, args)
+    read, reader = open_input(args, Path(config.output_dir))
+    trainer = Trainer(args.model, reader, config, read=read).setup()
     report_skips(reader)
     result = trainer.train()
     rows = [
-        ("samples", f"{len(trainer.train_set)} ({len(trainer.train_set.truncated)} truncated)"),
+        (
+            "samples",
+            f"{len(trainer.train_set)} ({len(trainer.train_set.truncated)} truncated, "
+            f"{len(trainer.train_set.dropped)} dropped: no target token fits)",
+        ),
         ("steps", f"{result.step} / {result.total_steps}"),
         ("label tokens/s", f"{result.tokens_per_s:,.0f}"),
         ("last loss", f"{result.losses[max(result.losses)]:.4f}" if result.losses else "-"),
@@ -92,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key:<{width}}  {value}")
     if result.interrupted:
         print(
-            f"stopped by signal: resume with --resume (checkpoint at step {result.step})",
+            f"stopped by signal {result.stopped_by}: resume with --resume (checkpoint at step "
+            f"{result.step})",
             file=sys.stderr,
         )
-        return 128 + signal.SIGTERM
+        return 128 + result.stopped_by
     return 0

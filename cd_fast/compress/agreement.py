@@ -13,23 +13,19 @@ from typing import Any
 import numpy as np
 
 from cd_fast.compress.config import CompressConfig
+from cd_fast.compress.criteria import CRITERIA, METHOD_CRITERIA
 from cd_fast.compress.engine import Compressor
-from cd_fast.compress.methods import StepPruning
 from cd_fast.data import Trace
 
 logger = logging.getLogger(__name__)
 
 
-def runnable_criteria(config: CompressConfig, has_scores: bool, has_scorer: bool) -> list[str]:
-    """The step criteria this run can compute (scores for surprisal/entropy, the scorer LM for
-    answer-delta); the others are named in a log line."""
+def runnable_criteria(has_scores: bool, has_scorer: bool) -> list[str]:
+    """The step criteria this run can compute (`Criterion.needs`); the others are named in a
+    log line."""
     usable, left_out = [], []
-    for criterion in StepPruning.criteria:
-        needs_model = StepPruning.needs_scores(criterion) and not (has_scores or has_scorer)
-        if needs_model or (criterion == "answer-delta" and not has_scorer):
-            left_out.append(criterion)
-        else:
-            usable.append(criterion)
+    for name in METHOD_CRITERIA["step"]:
+        (usable if CRITERIA[name].runnable(has_scores, has_scorer) else left_out).append(name)
     if left_out:
         logger.warning(
             "criteria %s left out of the comparison: they need %s",
@@ -47,7 +43,7 @@ def kept_units(
     views = engine.method.prepare(items, np.zeros(len(items), dtype=np.int64))
     kept: dict[float, list[set[int]]] = {b: [] for b in budgets}
     for item, view in zip(items, views, strict=True):
-        starts = {int(a): i for i, a in enumerate(view.steps[:, 0])}
+        starts = {int(a): i for i, a in enumerate(view.units[:, 0])}
         for budget in budgets:
             selection = engine.method.select(item, view, round(budget * item.count))
             kept[budget].append({starts[a] for a, _ in selection.spans})
@@ -69,7 +65,7 @@ def criteria_agreement(
 ) -> list[dict[str, Any]]:
     """Rows of (budget, criterion a, criterion b, mean Jaccard, traces) for every pair of step
     criteria, at the config's granularity and aggregation."""
-    criteria = criteria or runnable_criteria(config, scores is not None, scorer is not None)
+    criteria = criteria or runnable_criteria(scores is not None, scorer is not None)
     kept = {}
     for criterion in criteria:
         step = dataclasses.replace(config, method="step", criterion=criterion, explain=False)

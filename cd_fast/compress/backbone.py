@@ -1,14 +1,5 @@
-"""The units step pruning keeps or drops, and the model-free value-flow criterion.
-
-Units, at the granularity a user picks:
-
-- ``sentence``: the segmenter's steps (``cd_fast.segment``);
-- ``paragraph``: the text between two line breaks (a blank line or a single line break ends a
-  unit, never inside LaTeX math or a code fence; a paragraph keeps its discourse marker,
-  "Wait, ..." at its head).
-
-At either granularity a unit that asks a question ("maybe I should multiply here instead?") is
-joined to the unit that answers it, so a selection keeps both or drops both.
+"""The model-free value-flow criterion over units (`cd_fast.compress.units`), and token
+pruning's priority levels.
 
 Value flow (no model): each number a unit uses has a *source*, the nearest earlier unit that
 holds it and does not merely restate an earlier one. A unit restates when its numbers, in
@@ -25,9 +16,8 @@ where checks_i is 1 for a unit off the chain whose numbers are all the chain's (
 a recap: "Let me make sure: 5 - 4 = 1") and fan_out_i counts the later units that take a number
 from unit i. So the whole chain ranks above every unit off it; off it, the checks of the chain
 rank above the units with other numbers or none (planning, restating the question, abandoned
-ideas); units that feed many others rank first within each tier. Students learn from the
-checks: on the same demo data and student, step pruning that kept them before the rest trained
-students to 0.86 (budget 0.5) and 0.79 (0.3) accuracy, against 0.71 and 0.52 without.
+ideas); units that feed many others rank first within each tier (students learn from the
+checks: bench/results/demo-tiny-cpu.md).
 """
 
 from __future__ import annotations
@@ -38,50 +28,8 @@ import numpy as np
 
 from cd_fast.formats import boxed_spans
 from cd_fast.score.protect import decoration_chars, protected_chars
-from cd_fast.segment import protected_spans
 
-GRANULARITIES = ("paragraph", "sentence")
 _NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
-_LINE_BREAKS = re.compile(r"[ \t]*\n\s*")
-_QUESTION_END = re.compile(r"\?[\"')\]*\u201d\u2019]*\s*$")
-
-
-def paragraph_steps(text: str) -> np.ndarray:
-    """Units ending at each line break (a blank line or a single one) outside LaTeX math and
-    code fences, the whitespace after a unit belonging to it: [k, 2] offsets covering `text`."""
-    inside = np.zeros(len(text) + 1, dtype=bool)
-    for a, b in protected_spans(text):
-        inside[a:b] = True
-    starts = [0]
-    for match in _LINE_BREAKS.finditer(text):
-        if not inside[match.start()] and match.end() < len(text) and match.start() > starts[-1]:
-            starts.append(match.end())
-    ends = [*starts[1:], len(text)]
-    return np.asarray(list(zip(starts, ends, strict=True)), dtype=np.int64).reshape(-1, 2)
-
-
-def bind_questions(text: str, steps: np.ndarray) -> np.ndarray:
-    """`steps` with each unit that ends in a question mark joined to the unit after it."""
-    if len(steps) < 2:
-        return steps
-    out: list[list[int]] = []
-    joining = False
-    for a, b in steps.tolist():
-        if joining:
-            out[-1][1] = b
-        else:
-            out.append([a, b])
-        joining = bool(_QUESTION_END.search(text[out[-1][0] : out[-1][1]]))
-    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
-
-
-def step_units(text: str, steps: np.ndarray, granularity: str) -> np.ndarray:
-    """The units step pruning selects among, at `granularity` (see the module doc)."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    if granularity == "paragraph":
-        steps = paragraph_steps(text)
-    return bind_questions(text, np.asarray(steps, dtype=np.int64).reshape(-1, 2))
 
 
 def number_value(literal: str) -> str:

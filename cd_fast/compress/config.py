@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from cd_fast.compress.backbone import GRANULARITIES
-from cd_fast.compress.methods import METHODS
-from cd_fast.config import check_minimums, option
+from cd_fast.compress.criteria import CRITERIA, METHOD_CRITERIA, SCORES
+from cd_fast.compress.units import GRANULARITIES
+from cd_fast.config import check_ranges, option
 from cd_fast.formats import DEFAULT_TARGET_TEMPLATE, check_target_template
+from cd_fast.score.store import MANIFEST
 
-CRITERIA = tuple(dict.fromkeys(c for method in METHODS.values() for c in method.criteria))
 KEEP, MODELS, REWRITE = "what to keep", "scores and models", "rewriting (--method rewrite)"
 LOST_ANSWER_POLICIES = ("expand", "original", "drop")
 BACKENDS = ("local", "http", "vllm")
@@ -22,13 +23,15 @@ class CompressConfig:
     """How `cdfast compress` runs; CLI flags map one to one."""
 
     method: str = option(
-        choices=tuple(METHODS),
+        choices=tuple(METHOD_CRITERIA),
         group=KEEP,
         help="How to compress: token / step pruning by importance, truncate (keep the head), "
         "rewrite (an instruct model).",
     )
     budget: float | None = option(
         0.3,
+        above=0,
+        maximum=1,
         group=KEEP,
         help="Fraction of each trace's tokens to keep (counted with the student's tokenizer).",
     )
@@ -61,7 +64,7 @@ class CompressConfig:
     )
     criterion: str | None = option(
         None,
-        choices=CRITERIA,
+        choices=tuple(CRITERIA),
         group=KEEP,
         help="Importance. token: surprisal (-log p of the token under the scorer LM) | entropy "
         "(of the scorer's next-token distribution) | random. step: value-flow (no model: the "
@@ -164,7 +167,9 @@ class CompressConfig:
     concurrency: int = option(
         8, minimum=1, group=REWRITE, help="rewrite, http: requests in flight."
     )
-    timeout: float = option(300.0, group=REWRITE, help="rewrite, http: seconds per request.")
+    timeout: float = option(
+        300.0, above=0, group=REWRITE, help="rewrite, http: seconds per request."
+    )
     retries: int = option(
         4,
         minimum=0,
@@ -209,36 +214,36 @@ class CompressConfig:
     )
     compare_budgets: list[float] = option(
         default_factory=lambda: [0.1, 0.3, 0.5],
+        above=0,
+        maximum=1,
         group=KEEP,
         metavar="B",
         help="--compare-criteria: the budgets compared.",
     )
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
-        allowed = METHODS[self.method].criteria
+        if self.method not in METHOD_CRITERIA:
+            raise ValueError(f"method must be one of {tuple(METHOD_CRITERIA)}, got {self.method!r}")
+        allowed = METHOD_CRITERIA[self.method]
         if self.criterion is None and allowed:
             self.criterion = allowed[0]
         if allowed and self.criterion not in allowed:
             raise ValueError(f"--criterion for {self.method} must be one of {allowed}")
         if not allowed and self.criterion is not None:
             raise ValueError(f"--criterion does not apply to method {self.method}")
-        check_minimums(self)
         if (
             self.target_tokens is None
             and self.match_lengths is None
             and not (self.budget and 0 < self.budget <= 1)
         ):
             raise ValueError(f"budget must be in (0, 1], got {self.budget}")
+        check_ranges(self)
         if self.match_lengths is not None and self.method != "truncate":
             raise ValueError("match_lengths applies to method truncate")
         if self.on_lost_answer not in LOST_ANSWER_POLICIES:
             raise ValueError(f"on_lost_answer must be one of {LOST_ANSWER_POLICIES}")
         if self.level not in (1, 2, 3):
             raise ValueError(f"level must be 1, 2 or 3, got {self.level}")
-        if not all(0 < b <= 1 for b in self.compare_budgets):
-            raise ValueError(f"compare_budgets must be in (0, 1], got {self.compare_budgets}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}")
         if self.aggregation not in AGGREGATIONS:
@@ -249,36 +254,24 @@ class CompressConfig:
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be > 0")
         check_target_template(self.target_template)
 
     @property
     def needs_scores(self) -> bool:
         """Whether the scorer LM's token scores are needed (random needs only tokens)."""
-        return METHODS[self.method].needs_scores(self.criterion) or self.adaptive
-
-    def describe(self) -> dict[str, Any]:
-        """method, criterion, level (rewrite) and budget, as outputs record them."""
-        return {
-            "method": self.method,
-            "criterion": self.criterion,
-            **(
-                {"granularity": self.granularity}
-                | (
-                    {"aggregation": self.aggregation}
-                    if self.criterion in ("surprisal", "entropy")
-                    else {}
-                )
-                if self.method == "step"
-                else {}
-            ),
-            "level": self.level if self.method == "rewrite" else None,
-            "budget": self.target_tokens if self.target_tokens is not None else self.budget,
-        }
+        criterion = CRITERIA.get(self.criterion) if self.criterion else None
+        return (criterion is not None and criterion.needs == SCORES) or self.adaptive
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def input_files(self) -> dict[str, Path | None]:
+        """The files besides the traces a run reads (its manifest fingerprints them)."""
+        return {
+            "scores": Path(self.scores) / MANIFEST if self.scores else None,
+            "match_lengths": Path(self.match_lengths) if self.match_lengths else None,
+            "prompt": Path(self.prompt) if self.prompt else None,
+        }
 
     def result_options(self) -> dict[str, Any]:
         """The fields that decide what a run writes (its manifest's options): not the device,

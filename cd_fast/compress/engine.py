@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from cd_fast.compress.config import CompressConfig
-from cd_fast.compress.methods import METHODS, Item, Selection, Tools, step_at
-from cd_fast.compress.select import answer_position, contains_answer, join_spans
+from cd_fast.compress.item import Item, MethodContext, Selection
+from cd_fast.compress.methods import METHODS
+from cd_fast.compress.select import join_spans
+from cd_fast.compress.units import step_at
 from cd_fast.data import Trace
-from cd_fast.formats import final_answer
+from cd_fast.formats import answer_position, contains_answer, final_answer
 from cd_fast.score.store import RecordScores
 from cd_fast.segment import segment_steps
 
@@ -83,8 +85,8 @@ class Compressor:
         self.scores = scores
         self.match_lengths = match_lengths
         self.seconds = {"scoring": 0.0, "selection": 0.0, "generation": 0.0}
-        tools = Tools(config, self._count, scorer, rewriter, self.seconds)
-        self.method = METHODS[config.method](tools)
+        context = MethodContext(config, self._count, scorer, rewriter, self.seconds)
+        self.method = METHODS[config.method](context)
         # Ratio budgets carry a debt: tokens kept beyond the ratio so far (negative: under it).
         # Later budgets absorb it, so the dataset-level ratio holds although protected symbols,
         # whole steps and restored answers make single traces overshoot or undershoot.
@@ -155,7 +157,7 @@ class Compressor:
                 count=len(ids),
                 offsets=np.asarray(offsets, dtype=np.int64).reshape(-1, 2),
                 scores=record_scores,
-                answer=final_answer(trace),
+                answer=final_answer(trace.gold, trace.answer, trace.trace),
             )
             for trace, ids, offsets, record_scores in zip(
                 traces, encoded["input_ids"], encoded["offset_mapping"], scores, strict=True
@@ -239,19 +241,14 @@ class Compressor:
         if abs(result.tokens_after - target) <= max(2, 0.02 * target):
             return None
         if result.tokens_after < target:
-            if self.config.method == "step":
-                return "under: the next step would overshoot the share by more than it misses"
-            return "under: gave tokens to records over their share"
+            return self.method.under_share
         if result.action == "expanded":
             return "over: the step stating the answer was put back"
         if result.action == "original":
             return "over: the answer was lost, so the original was kept"
         if floor > target:
-            what = "the steps stating the answer" if self.config.method == "step" else "the answer"
-            return f"over: {what} alone take {floor} tokens"
-        if self.config.method == "step":
-            return "over: the steps kept are larger than the share"
-        return "over: took budget other records saved"
+            return f"over: {self.method.must_keep} alone take {floor} tokens"
+        return self.method.over_share
 
     def _select_to_plan(
         self,
@@ -328,7 +325,7 @@ class Compressor:
         answer_kept = contains_answer(text, answer) if in_original else None
         meta = dict(trace.meta)
         meta["compression"] = {
-            **c.describe(),
+            **self.method.describe(),
             "ratio_chars": round(len(text) / max(len(trace.trace), 1), 4),
             "ratio_tokens": None,  # filled once the batch is counted
             "kept_steps": selection.kept_steps,
@@ -338,7 +335,9 @@ class Compressor:
         if c.adaptive:
             meta["compression"]["adaptive"] = True
         if c.explain:
-            meta["compression"]["explain"] = _explanation(trace.trace, selection, action, restored)
+            meta["compression"]["explain"] = _dropped_report(
+                trace.trace, selection, action, restored
+            )
         if c.keep_original or c.explain:
             meta["original_trace"] = trace.trace
         return RecordResult(
@@ -355,10 +354,10 @@ class Compressor:
         )
 
 
-def _explanation(
+def _dropped_report(
     original: str, selection: Selection, action: str, restored: tuple[int, int] | None
 ) -> dict:
-    """The explain entry: each dropped span with its text, score and reason; none when the
+    """The --explain entry: each dropped span with its text, score and reason; none when the
     original was kept whole, and the `restored` answer step cut out of the dropped spans."""
     if action == "original":
         return {"dropped": []}

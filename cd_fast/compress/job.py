@@ -6,7 +6,8 @@ accounting rows, how many input records are done, where OUT.partial ends, the co
 A killed run resumes from the last whole state line: OUT.partial is cut back to the length that
 line names and the next batch starts where it left off, so batches (and the budget carried
 between them) are those of a straight run. OUT.lock keeps a second writer out. On success the
-partial file is renamed to OUT and the summary goes to OUT.summary.json.
+partial file is renamed to OUT and the summary (with the manifest, so a --resume of a finished
+output under other settings is refused) goes to OUT.summary.json.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from cd_fast.compress.config import CompressConfig
+from cd_fast.compress.criteria import CRITERIA, SCORER
 from cd_fast.compress.engine import Compressor, RecordResult
-from cd_fast.data import AtomicWriter, Trace, TraceReader, dumps_record
-from cd_fast.runs import RunLock, check_same_run, run_manifest
-from cd_fast.runtime import batched, take
+from cd_fast.data import AtomicWriter, ReadConfig, Trace, TraceReader, dumps_record
+from cd_fast.runs import RunFolder, job_manifest
+from cd_fast.runtime import batched
 
 STATE_SUFFIX = ".state.jsonl"
 
@@ -55,7 +57,7 @@ class CompressResult:
     summary: dict[str, Any]
 
 
-def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: CompressConfig):
+def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], engine: Compressor):
     """Dataset-level accounting from the per-record state rows."""
     kept = [r for r in rows if r["action"] not in ("dropped", "empty")]
     ratios = np.array([r["tokens_after"] / max(r["tokens_before"], 1) for r in kept])
@@ -73,8 +75,8 @@ def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], config: Com
     total_seconds = sum(seconds.values())
     percentiles = np.percentile(ratios, [10, 50, 90]) if len(ratios) else [0.0] * 3
     return {
-        **config.describe(),
-        "adaptive": config.adaptive,
+        **engine.method.describe(),
+        "adaptive": engine.config.adaptive,
         "records": len(rows),
         "records_out": len(kept) + actions["empty"],
         "tokens_before": before,
@@ -121,7 +123,7 @@ def _compress_batch(engine: Compressor, batch: list[Trace]) -> list[RecordResult
         if not _is_empty(trace):
             out.append(next(results))
             continue
-        meta = {**trace.meta, "compression": {**engine.config.describe(), "action": "empty"}}
+        meta = {**trace.meta, "compression": {**engine.method.describe(), "action": "empty"}}
         out.append(
             RecordResult(
                 id=trace.id,
@@ -177,7 +179,19 @@ def compress(
             rows.append(_state_row(result))
             if result.trace is not None:
                 out.append(result.trace)
-    return CompressResult(out, summarize(rows, engine.seconds, config))
+    if _all_empty(rows):
+        raise ValueError(_ALL_EMPTY.format(n=len(rows)))
+    return CompressResult(out, summarize(rows, engine.seconds, engine))
+
+
+_ALL_EMPTY = (
+    "every trace is empty ({n} records): nothing to compress; check which field holds the "
+    "reasoning (--layout, --field trace=KEY)"
+)
+
+
+def _all_empty(rows: list[dict[str, Any]]) -> bool:
+    return bool(rows) and all(r["action"] == "empty" for r in rows)
 
 
 def _job_files(output: Path) -> tuple[Path, Path, Path]:
@@ -189,7 +203,7 @@ def _job_files(output: Path) -> tuple[Path, Path, Path]:
 
 
 @dataclass
-class _Progress:
+class CommittedBatches:
     """What the committed lines of a state file say: the batches' rows, the input records they
     consumed, the length of the output they wrote and the compressor's state after them."""
 
@@ -201,12 +215,12 @@ class _Progress:
     state_bytes: int = 0  # where the last whole line of the state file ends
 
 
-def _read_state(state: Path) -> tuple[dict[str, Any] | None, _Progress]:
+def _read_state(state: Path) -> tuple[dict[str, Any] | None, CommittedBatches]:
     """The manifest line and the committed batches; a line cut short by a kill is ignored."""
-    progress = _Progress(rows=[])
+    committed = CommittedBatches(rows=[])
     manifest = None
     if not state.is_file():
-        return manifest, progress
+        return manifest, committed
     offset = 0
     with state.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
@@ -222,82 +236,128 @@ def _read_state(state: Path) -> tuple[dict[str, Any] | None, _Progress]:
             offset += len(line)
             if number == 1:
                 manifest = entry.get("manifest")
-                if manifest is None:
-                    raise ValueError(
-                        f"{state}: written by an older cd_fast (no run manifest); "
-                        "compress again into a new output"
-                    )
-                progress.state_bytes = offset
+                committed.state_bytes = offset
                 continue
-            progress.rows += entry["rows"]
-            progress.records_done = entry["records_done"]
-            progress.output_bytes = entry["output_bytes"]
-            progress.compressor = entry["compressor"]
-            progress.input_chain = entry["input_chain"]
-            progress.state_bytes = offset
-    return manifest, progress
+            committed.rows += entry["rows"]
+            committed.records_done = entry["records_done"]
+            committed.output_bytes = entry["output_bytes"]
+            committed.compressor = entry["compressor"]
+            committed.input_chain = entry["input_chain"]
+            committed.state_bytes = offset
+    return manifest, committed
+
+
+class CompressRun(RunFolder):
+    """compress's output: OUT written whole at the end (its summary, with the manifest, in
+    OUT.summary.json), OUT.partial and OUT.state.jsonl while it runs (the manifest on the state
+    file's first line), OUT.lock."""
+
+    def __init__(self, output: Path, manifest: dict[str, Any], resume: bool):
+        super().__init__(output, manifest, resume)
+        self.partial, self.state, self.summary = _job_files(self.output)
+        self.manifest_line, self.committed = _read_state(self.state)
+
+    @property
+    def lock_file(self) -> Path:
+        return self.output.with_name(self.output.name + ".lock")
+
+    @property
+    def in_progress(self) -> bool:
+        return bool(self.committed.rows)
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.state if self.in_progress else self.summary
+
+    @property
+    def skip_inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        # an interrupted run may go on with an edited input (a bad line fixed) as long as the
+        # records it finished are unchanged (checked by their hash chain); a finished one not
+        return ("input",) if self.in_progress else ()
+
+    def work(self) -> str | None:
+        self.manifest_line, self.committed = _read_state(self.state)
+        if self.in_progress:
+            return f"{self.committed.records_done} records of an interrupted run"
+        return "a finished output" if self.output.exists() else None
+
+    def refusal(self, work: str) -> str:
+        if self.in_progress:
+            return (
+                f"{self.partial} holds {work}: pass --resume to continue it, or remove it and "
+                "its .state.jsonl to start over"
+            )
+        return f"{self.output} exists: choose another output, or remove it"
+
+    def scratch(self) -> list[Path]:
+        return [self.partial, self.state]
+
+    def saved_manifest(self) -> dict[str, Any] | None:
+        if self.in_progress:
+            return self.manifest_line
+        if self.summary.is_file():
+            return json.loads(self.summary.read_text(encoding="utf-8")).get("manifest")
+        return None
+
+    def write_manifest(self) -> None:
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        with AtomicWriter(self.state) as handle:
+            handle.write(json.dumps({"manifest": self.manifest}) + "\n")
+        self.partial.write_bytes(b"")  # a new run's records start empty (an old run's are dropped)
+        self.committed = CommittedBatches(rows=[], state_bytes=self.state.stat().st_size)
 
 
 def compress_file(
-    reader: TraceReader | Iterable[Trace],
-    output: Path,
+    source: str | Path | TraceReader | Iterable[Trace],
+    output: str | Path,
     config: CompressConfig,
-    engine: Compressor,
+    read: ReadConfig | None = None,
     resume: bool = False,
-    limit: int | None = None,
     on_progress: Callable[[int], None] | None = None,
-    manifest: dict[str, Any] | None = None,
+    engine: Compressor | None = None,
 ) -> dict[str, Any]:
-    """Compress every record into `output` (JSONL), resumably; returns the summary.
+    """Compress every record of `source` (a trace file read with `read`, or records) into
+    `output` (JSONL), resumably; returns the summary.
 
-    `manifest` (cd_fast.runs.run_manifest) identifies the run: --resume under another one is
-    refused. `on_progress(n)` is called with the number of input records done."""
-    partial, state, summary_path = _job_files(output)
-    manifest = manifest or run_manifest("compress", {}, {**config.result_options(), "limit": limit})
-    with RunLock(output.with_name(output.name + ".lock"), str(output)):
-        saved, progress = _read_state(state)
-        if saved is not None and not progress.rows:
-            saved = None  # a run that stopped before finishing a batch: nothing to keep
-        elif saved is not None and not resume:
-            raise ValueError(
-                f"{partial} holds {progress.records_done} records of an interrupted run: pass "
-                "--resume to continue it, or remove it and its .state.jsonl to start over"
-            )
-        if output.exists() and not resume:
-            raise ValueError(f"{output} exists: choose another output, or remove it")
-        if resume and output.exists() and saved is None and summary_path.exists():
-            return json.loads(summary_path.read_text())  # finished earlier
-        records = iter(take(reader, limit))
-        if saved is not None:
-            # the input may differ (a bad line fixed) if the records already done do not
-            check_same_run(saved, manifest, state, skip_inputs=("input",))
-            consumed = itertools.islice(records, progress.records_done)
-            if _input_chain(batched(consumed, config.batch_size)) != progress.input_chain:
+    The run's manifest (the input files, reading options, every option that decides the
+    output) is checked on --resume: a run under other settings is refused. `engine` is a
+    Compressor built from `config` (default: `build_engine(config)`, once the output is known
+    to be writable). `on_progress(n)` is called with the number of input records done."""
+    read = read or ReadConfig()
+    output = Path(output)
+    opened = read.open(source)
+    manifest = job_manifest(
+        "compress", read, source, config.result_options(), inputs=config.input_files()
+    )
+    with CompressRun(output, manifest, resume) as run:
+        if run.saved is not None and not run.in_progress:  # finished earlier, same settings
+            summary = json.loads(run.summary.read_text(encoding="utf-8"))
+            summary.pop("manifest", None)
+            return summary
+        engine = engine or build_engine(config)
+        records = iter(read.records(opened))
+        committed = run.committed
+        if run.saved is not None:
+            consumed = itertools.islice(records, committed.records_done)
+            if _input_chain(batched(consumed, config.batch_size)) != committed.input_chain:
                 raise ValueError(
-                    f"{state}: the first {progress.records_done} input records differ from those "
-                    "the interrupted run compressed: resume with its input, or start a new output"
+                    f"{run.state}: the first {committed.records_done} input records differ from "
+                    "those the interrupted run compressed: resume with its input, or start a "
+                    "new output"
                 )
-            if not partial.is_file() or partial.stat().st_size < progress.output_bytes:
+            if not run.partial.is_file() or run.partial.stat().st_size < committed.output_bytes:
                 raise ValueError(
-                    f"{partial} is shorter than its state file says ({progress.output_bytes} "
+                    f"{run.partial} is shorter than its state file says ({committed.output_bytes} "
                     "bytes): it was edited or damaged; remove both to start over"
                 )
-            os.truncate(partial, progress.output_bytes)  # drop records of an unfinished batch
-            os.truncate(state, progress.state_bytes)
-            if progress.compressor is not None:
-                engine.load_state_dict(progress.compressor)
+            os.truncate(run.partial, committed.output_bytes)  # an unfinished batch's records
+            os.truncate(run.state, committed.state_bytes)
+            if committed.compressor is not None:
+                engine.load_state_dict(committed.compressor)
         else:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            with AtomicWriter(state) as handle:
-                handle.write(json.dumps({"manifest": manifest}) + "\n")
-            partial.write_bytes(b"")  # a new run's records start empty (an old run's are dropped)
-        try:
-            return _run(records, output, config, engine, progress, on_progress)
-        except BaseException:
-            if saved is None and _read_state(state)[1].records_done == 0:
-                partial.unlink(missing_ok=True)  # nothing committed: leave the folder clean
-                state.unlink(missing_ok=True)
-            raise
+            run.start()
+            committed = run.committed
+        return _run(records, run, engine, committed, on_progress)
 
 
 def _chain(previous: str, batch: list[Trace]) -> str:
@@ -316,22 +376,20 @@ def _input_chain(batches: Iterable[list[Trace]]) -> str:
 
 def _run(
     records: Iterator[Trace],
-    output: Path,
-    config: CompressConfig,
+    run: CompressRun,
     engine: Compressor,
-    progress: _Progress,
+    committed: CommittedBatches,
     on_progress: Callable[[int], None] | None,
 ) -> dict[str, Any]:
-    """Compress the records after `progress`, committing each batch: its records to .partial,
+    """Compress the records after `committed`, committing each batch: its records to .partial,
     then one state line that says where .partial ends (a kill at any byte resumes exactly)."""
-    partial, state, summary_path = _job_files(output)
-    rows, done, written = progress.rows, progress.records_done, progress.output_bytes
-    chain = progress.input_chain
+    rows, done, written = committed.rows, committed.records_done, committed.output_bytes
+    chain = committed.input_chain
     started = time.perf_counter()
     if on_progress is not None:
         on_progress(done)
-    with partial.open("ab") as records_out, state.open("ab") as state_out:
-        for batch in batched(records, config.batch_size):
+    with run.partial.open("ab") as records_out, run.state.open("ab") as state_out:
+        for batch in batched(records, engine.config.batch_size):
             results = _compress_batch(engine, batch)
             lines = "".join(dumps_record(r.trace) + "\n" for r in results if r.trace)
             written += records_out.write(lines.encode("utf-8"))
@@ -353,13 +411,17 @@ def _run(
             os.fsync(state_out.fileno())
             if on_progress is not None:
                 on_progress(done)
+    if _all_empty(rows):
+        run.partial.unlink()
+        run.state.unlink()
+        raise ValueError(_ALL_EMPTY.format(n=len(rows)))
     seconds = dict(engine.seconds)
     seconds["other"] = max(0.0, time.perf_counter() - started - sum(engine.seconds.values()))
-    summary = summarize(rows, seconds, config)
-    with AtomicWriter(summary_path) as handle:
-        json.dump(summary, handle, indent=1)
-    os.replace(partial, output)
-    state.unlink()
+    summary = summarize(rows, seconds, engine)
+    with AtomicWriter(run.summary) as handle:
+        json.dump({**summary, "manifest": run.manifest}, handle, indent=1)
+    os.replace(run.partial, run.output)
+    run.state.unlink()
     return summary
 
 
@@ -371,13 +433,14 @@ def build_engine(config: CompressConfig) -> Compressor:
 
     scorer = None
     needs_scorer = config.needs_scores and config.scores is None
-    if config.criterion == "answer-delta" or needs_scorer:
+    criterion = CRITERIA.get(config.criterion) if config.criterion else None
+    if (criterion is not None and criterion.needs == SCORER) or needs_scorer:
         if not config.scorer:
             raise ValueError(
                 f"method {config.method} with criterion {config.criterion} needs --scores DIR "
                 "(from `cdfast score`) or --scorer MODEL"
                 if needs_scorer
-                else "criterion answer-delta runs the scorer LM: pass --scorer"
+                else f"criterion {config.criterion} runs the scorer LM: pass --scorer"
             )
         model, tokenizer = load_causal_lm(config.scorer, device=config.device)
         scorer = Scorer(model, tokenizer, target_template=config.target_template)

@@ -1,16 +1,20 @@
-"""Choosing what to keep: steps by importance under a token budget, the head of a
-trace, and turning kept character spans back into clean text."""
+"""Choosing what to keep: steps by importance under a token budget, the head of a trace, the
+words tokens make up, and turning kept character spans back into clean text (and dropped ones
+into --explain entries)."""
 
 from __future__ import annotations
 
 import bisect
 import re
+from typing import Any
 
 import numpy as np
 import regex
 
+from cd_fast.score.protect import decoration_chars
+
 _GRAPHEME = regex.compile(r"\X")
-_NUMERIC = re.compile(r"^-?[\d,]*\.?\d+(?:/\d+)?$")
+_WORD = re.compile(r"\S+")
 
 
 def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -100,36 +104,52 @@ def head_chars(offsets: np.ndarray, keep_tokens: int) -> int:
     return int(offsets[min(keep_tokens, len(offsets)) - 1, 1])
 
 
-def normalise(text: str) -> str:
-    return re.sub(r"[\s$]|\\[,!;: ]", "", text).replace("\\left", "").replace("\\right", "")
+def word_groups(text: str, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(word spans [w, 2], the word of each token [n], -1 for a token of whitespace only): a
+    word is a run of non-space characters, a token belongs to the word of its first
+    non-space character."""
+    words = np.array([m.span() for m in _WORD.finditer(text)], dtype=np.int64).reshape(-1, 2)
+    owner = np.full(len(offsets), -1, dtype=np.int64)
+    if not len(words) or not len(offsets):
+        return words, owner
+    for i, (a, b) in enumerate(offsets.tolist()):
+        while a < b and text[a].isspace():
+            a += 1
+        if a < b:
+            owner[i] = np.searchsorted(words[:, 1], a, side="right")
+    return words, owner
 
 
-def answer_span(text: str, answer: str | None) -> tuple[int, int] | None:
-    """Character span of the last place `text` states `answer` (numbers match whole, so 72 is
-    not found inside 172 or 7.25, and thousands separators are ignored), or None."""
-    if not answer or not answer.strip():
-        return None
-    answer = answer.strip()
-    if _NUMERIC.match(answer):
-        digits = answer.replace(",", "")
-        number = re.compile(r"(?<![\d.])" + ",?".join(map(re.escape, digits)) + r"(?!\d|\.\d)")
-        matches = list(number.finditer(text))
-        return matches[-1].span() if matches else None
-    at = text.rfind(answer)
-    return (at, at + len(answer)) if at >= 0 else None
+def trim_decoration(text: str, words: np.ndarray) -> np.ndarray:
+    """Word spans without the markdown decoration at their ends ("**Answer:**" keeps
+    "Answer:"); a word that is all decoration stays whole (it ranks last)."""
+    marks = decoration_chars(text)
+    out = words.copy()
+    for i, (a, b) in enumerate(words.tolist()):
+        start, end = a, b
+        while start < end and marks[start]:
+            start += 1
+        while end > start and marks[end - 1]:
+            end -= 1
+        if start < end:
+            out[i] = (start, end)
+    return out
 
 
-def answer_position(text: str, answer: str | None) -> int | None:
-    """Where the last statement of `answer` in `text` starts (see `answer_span`), or None."""
-    span = answer_span(text, answer)
-    return span[0] if span else None
-
-
-def contains_answer(text: str, answer: str | None) -> bool:
-    """True when `text` states `answer`, literally or up to spacing and LaTeX spacing."""
-    if not answer or not answer.strip():
-        return False
-    if answer_position(text, answer) is not None:
-        return True
-    target = normalise(answer)
-    return bool(target) and not _NUMERIC.match(answer.strip()) and target in normalise(text)
+def dropped_spans(
+    offsets: np.ndarray, keep: np.ndarray, scores: np.ndarray, reason: str
+) -> list[dict[str, Any]]:
+    """Runs of dropped units as --explain entries: character span, the run's highest score."""
+    out: list[dict[str, Any]] = []
+    previous = -2
+    for i in np.flatnonzero(~keep).tolist():
+        a, b = int(offsets[i, 0]), int(offsets[i, 1])
+        if i == previous + 1 and out:
+            out[-1]["end"] = b
+            out[-1]["score"] = max(out[-1]["score"], round(float(scores[i]), 4))
+        else:
+            out.append(
+                {"start": a, "end": b, "score": round(float(scores[i]), 4), "reason": reason}
+            )
+        previous = i
+    return out

@@ -1,5 +1,7 @@
-"""Trace I/O: the Trace record, streaming readers with layout detection, atomic writers."""
+"""Trace I/O: the Trace record, streaming readers with layout detection, the reading options
+(`ReadConfig`), atomic writers."""
 
+from cd_fast.data.config import ReadConfig
 from cd_fast.data.readers import (
     LAYOUTS,
     Skip,
@@ -15,6 +17,7 @@ __all__ = [
     "LAYOUTS",
     "AtomicWriter",
     "DataError",
+    "ReadConfig",
     "Skip",
     "Trace",
     "TraceReader",

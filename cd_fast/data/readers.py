@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cd_fast.data.record import DataError, Trace, _kind
-from cd_fast.formats import split_completion
+from cd_fast.formats import THINK_CLOSE, THINK_OPEN, split_completion
 
 TARGETS = ("id", "question", "trace", "answer", "gold", "completion")
 LAYOUTS = ("auto", "trace", "messages", "reasoning", "think", "problem_solution", "gsm8k")
@@ -40,6 +40,8 @@ _RESPONSE_KEYS = ("content", "response", "completion", "output", "generation", "
 _GOLD_KEYS = ("gold", "answer", "expected_answer", "final_answer", "target")
 _JOIN_KEYS = ("item_id", "prompt_id", "question_id", "problem_id", "id")
 _GSM8K_CALCULATOR = re.compile(r"<<[^<>]*>>")
+_THINK_PREFIX = THINK_OPEN.rstrip(">")  # "<think": an opening tag, with attributes or not
+_THINK_TAGS = f"{THINK_OPEN}..{THINK_CLOSE}"
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def detect_layout(record: Mapping[str, Any]) -> str | None:
         return "messages"
     if _first_text(record, _REASONING_KEYS, set()):
         return "reasoning"
-    if any(isinstance(record.get(k), str) and "</think>" in record[k] for k in _RESPONSE_KEYS):
+    if any(isinstance(record.get(k), str) and THINK_CLOSE in record[k] for k in _RESPONSE_KEYS):
         return "think"
     if isinstance(record.get("problem"), str) and isinstance(record.get("solution"), str):
         return "problem_solution"
@@ -189,12 +191,16 @@ class _Converter:
         elif layout == "think":
             take("question", _QUESTION_KEYS, required=True)
             key = next(
-                (k for k in _RESPONSE_KEYS if isinstance(raw.get(k), str) and "<think" in raw[k]),
+                (
+                    k
+                    for k in _RESPONSE_KEYS
+                    if isinstance(raw.get(k), str) and _THINK_PREFIX in raw[k]
+                ),
                 None,
             ) or _first_text(raw, _RESPONSE_KEYS, used)
             if key is None and "trace" not in self.fields:
                 raise DataError(
-                    self.source, location, "no completion with <think>..</think>", "completion"
+                    self.source, location, f"no completion with {_THINK_TAGS}", "completion"
                 )
             if key is not None:
                 values["trace"], values["answer"] = split_completion(raw[key])
@@ -240,10 +246,10 @@ class _Converter:
         reasoning_key = _first_text(reply, _REASONING_KEYS, set())
         if reasoning_key is not None:
             trace, answer = reply[reasoning_key], content.strip() or None
-        elif "</think>" in content or "<think>" in content:
+        elif THINK_CLOSE in content or THINK_OPEN in content:
             trace, answer = split_completion(content)
         else:
-            raise bad("the last assistant message has no <think>..</think> or reasoning field")
+            raise bad(f"the last assistant message has no {_THINK_TAGS} or reasoning field")
         return {"question": messages[user]["content"], "trace": trace, "answer": answer}
 
 
@@ -315,21 +321,25 @@ class _RawSource:
             return
         location = f"line {number}"
         try:
-            yield location, number, json.loads(line.decode("utf-8"))
+            record = _strict_json(line.decode("utf-8"))
         except UnicodeDecodeError as error:
             yield location, number, DataError(self.name, location, f"not UTF-8 ({error})")
-        except json.JSONDecodeError as error:
+        except ValueError as error:
             yield location, number, DataError(self.name, location, f"invalid JSON: {error}")
+        else:
+            yield location, number, _checked_unicode(record, line, self.name, location)
 
     def _json(self) -> Iterator[tuple[str, int, Any]]:
+        raw = self.path.read_bytes()
         try:
-            data = json.loads(self.path.read_bytes().decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            data = _strict_json(raw.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError) as error:
             raise DataError(self.name, "", f"invalid JSON file: {error}") from error
         if not isinstance(data, list):
             raise DataError(self.name, "", f"expected a JSON array of records, got {_kind(data)}")
         for number, record in enumerate(data, start=1):
-            yield f"item {number}", number, record
+            location = f"item {number}"
+            yield location, number, _checked_unicode(record, raw, self.name, location)
 
     def _parquet(self) -> Iterator[tuple[str, int, Any]]:
         import pyarrow.parquet as pq
@@ -342,6 +352,58 @@ class _RawSource:
                     with contextlib.suppress(json.JSONDecodeError):
                         record["meta"] = json.loads(record["meta"])
                 yield f"row {number}", number, record
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (strict parsers refuse it): write null or a string")
+
+
+def _strict_json(text: str) -> Any:
+    """json.loads without its extensions (NaN, Infinity) and with one error for nesting too
+    deep to read."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply to read (thousands of levels)") from None
+
+
+# \ud800-\udfff escapes: a JSON text can spell a lone surrogate only this way (UTF-8 bytes cannot)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _checked_unicode(record: Any, raw: bytes, source: str, location: str) -> Any:
+    """`record`, or a DataError naming the field that holds a lone surrogate (an escape such as
+    \\ud800 that no valid text contains: tokenizers and UTF-8 writers fail on it)."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return record
+    path = _surrogate_path(record, "")
+    if path is None:
+        return record
+    return DataError(
+        source, location, "holds a lone surrogate (\\ud800-\\udfff): not valid Unicode", path
+    )
+
+
+def _surrogate_path(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(the record)"
+        return None
+    if isinstance(value, dict):
+        pairs = value.items()
+    elif isinstance(value, list):
+        pairs = enumerate(value)
+    else:
+        return None
+    for key, item in pairs:
+        if isinstance(key, str) and _surrogate_path(key, "") is not None:
+            return f"{path}.{key!r}".lstrip(".")
+        found = _surrogate_path(item, f"{path}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
 
 
 class _PromptIndex:
@@ -394,7 +456,7 @@ class TraceReader:
         self.skip_invalid = skip_invalid
         self.skipped: list[Skip] = []
         self.records = 0
-        self._prompts_path = Path(prompts) if prompts is not None else None
+        self.prompts_path = Path(prompts) if prompts is not None else None
         self._join = join
         self._converter: _Converter | None = None
 
@@ -415,7 +477,7 @@ class TraceReader:
             try:
                 if isinstance(raw, DataError):
                     raise raw
-                if self._prompts_path is not None and isinstance(raw, dict):
+                if self.prompts_path is not None and isinstance(raw, dict):
                     if prompts is None:
                         trace_key, prompts = self._open_prompts(raw, location)
                     raw = self._joined(raw, trace_key, prompts, location)
@@ -444,7 +506,7 @@ class TraceReader:
             raise DataError(self.source.name, "", f"{why}: nothing to do; check the file")
 
     def _open_prompts(self, first: dict[str, Any], location: str) -> tuple[str, _PromptIndex]:
-        assert self._prompts_path is not None
+        assert self.prompts_path is not None
         if self._join:
             trace_key, _, prompt_key = self._join.partition("=")
             prompt_key = prompt_key or trace_key
@@ -457,7 +519,7 @@ class TraceReader:
                     location,
                     f"no join key found (tried {', '.join(_JOIN_KEYS)}); pass --join KEY=KEY",
                 )
-        return trace_key, _PromptIndex(self._prompts_path, prompt_key)
+        return trace_key, _PromptIndex(self.prompts_path, prompt_key)
 
     def _joined(
         self, raw: dict[str, Any], trace_key: str, prompts: _PromptIndex, location: str
@@ -490,7 +552,8 @@ class TraceReader:
                     self.source.name,
                     location,
                     f"cannot detect the layout (keys: {keys}); map fields with "
-                    "--field question=KEY --field trace=KEY (or completion=KEY for <think> text)",
+                    "--field question=KEY --field trace=KEY (or completion=KEY for "
+                    f"{THINK_OPEN} text)",
                 )
             layout = detected
         self.layout = layout

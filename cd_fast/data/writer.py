@@ -54,9 +54,10 @@ class AtomicWriter:
 
 
 def dumps_record(record: Trace | dict[str, Any]) -> str:
-    """One JSONL line (no trailing newline), UTF-8 text kept readable."""
+    """One JSONL line (no trailing newline), UTF-8 text kept readable; NaN and Infinity, which
+    strict JSON parsers refuse, are refused here."""
     obj = record.to_dict() if isinstance(record, Trace) else record
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def write_jsonl(path: str | Path, records: Iterable[Trace | dict[str, Any]]) -> int:

@@ -43,8 +43,8 @@ MAX_VALUE = 9
 def make_problem(rng: random.Random, index: int) -> Trace:
     """One word problem and its verbose trace. The changes come in a fixed order, each after its
     own verb (finds, gives away, then sometimes buys): the tiny student learns to read the
-    amount after each verb, one verb after the other, within its CPU budget, while with a free
-    order of changes (which change is this?) it stayed near 20 % accuracy. About a fifth of the
+    amount after each verb, one verb after the other, within its CPU budget, but not which
+    change of a free order it is on (README, "the generated world"). About a fifth of the
     trace's tokens are the computation (the start, each change, the answer); the rest is
     restating, planning, double-checks, abandoned ideas and a final check."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)

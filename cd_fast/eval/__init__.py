@@ -1,4 +1,5 @@
-"""Evaluation: grading with math-verify, batched generation, the papers' metrics."""
+"""Evaluation: grading with math-verify (grade.py); batched generation, the papers' metrics and
+the resumable run folder (`EvalRun`, run.py)."""
 
 from cd_fast.eval.grade import final_answer_text, grade
 from cd_fast.eval.run import EvalConfig, compare_table, evaluate, metrics, ratios

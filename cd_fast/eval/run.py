@@ -20,16 +20,15 @@ from typing import Any
 
 import torch
 
-from cd_fast.config import check_minimums, option
-from cd_fast.data import AtomicWriter, Trace
+from cd_fast.config import check_ranges, option
+from cd_fast.data import AtomicWriter, ReadConfig, Trace, TraceReader
 from cd_fast.eval.grade import grade
-from cd_fast.runs import RunLock, check_same_run, run_manifest
+from cd_fast.runs import RunFolder, job_manifest
 from cd_fast.runtime import batched
 
 BACKENDS = ("transformers", "vllm")
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
-RUN_MANIFEST = "run.json"
 
 
 @dataclass
@@ -58,7 +57,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("EvalConfig.model: name the student (folder, hub id or .gguf)")
-        check_minimums(self)
+        check_ranges(self)
 
     def result_options(self) -> dict[str, Any]:
         """The fields that decide the predictions (a run's manifest options): not the device,
@@ -160,57 +159,67 @@ def metrics_table(result: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+class EvalRun(RunFolder):
+    """eval's run folder: run.json (the manifest), predictions.jsonl (graded, appended per
+    batch), metrics.json once finished, .lock."""
+
+    @property
+    def predictions_file(self) -> Path:
+        return self.output / PREDICTIONS
+
+    def predictions(self) -> list[dict[str, Any]]:
+        """The graded predictions kept (a line cut short by a kill is dropped)."""
+        path = self.predictions_file
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+        return [json.loads(x) for x in lines if x.endswith("\n")]
+
+    def work(self) -> str | None:
+        done = len(self.predictions())
+        return f"{done} predictions" if done else None
+
+    def refusal(self, work: str) -> str:
+        return (
+            f"{self.output} already holds {work}: pass --resume to continue that run, or choose "
+            "a new folder"
+        )
+
+    def scratch(self) -> list[Path]:
+        return [self.predictions_file]
+
+
+def make_generator(config: EvalConfig) -> Callable[[list[str]], list[tuple[str, int, bool]]]:
+    return VLLMGenerator(config) if config.backend == "vllm" else TransformersGenerator(config)
+
+
 def evaluate(
-    traces: Iterable[Trace],
-    run_dir: Path,
+    source: str | Path | TraceReader | Iterable[Trace],
+    run_dir: str | Path,
     config: EvalConfig,
+    read: ReadConfig | None = None,
     resume: bool = False,
     baseline: Path | None = None,
     generator: Callable[[list[str]], list[tuple[str, int, bool]]] | None = None,
     on_progress: Callable[[int], None] | None = None,
-    manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Generate, grade and score every question into `run_dir`; returns the metrics.
+    """Generate, grade and score every question of `source` (a file read with `read`, or
+    records) into `run_dir`; returns the metrics.
 
-    `manifest` (cd_fast.runs.run_manifest) names the inputs and reading options; --resume
-    under another one is refused."""
+    The run's manifest (input files, reading options, the options that decide the predictions)
+    is checked on --resume: a run under other settings is refused."""
+    read = read or ReadConfig()
+    run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"{run_dir} is a file: eval writes a run folder; choose another -o")
     base = read_metrics(Path(baseline)) if baseline else None
-    manifest = manifest or run_manifest("eval", {}, {})
-    manifest = {**manifest, "options": {**manifest["options"], **config.result_options()}}
-    # the model loads (or is refused) before the run folder exists
-    generate = generator or (
-        VLLMGenerator(config) if config.backend == "vllm" else TransformersGenerator(config)
-    )
-    with RunLock(run_dir / ".lock", str(run_dir)):
-        done = _resume_predictions(run_dir, manifest, resume)
-        return _evaluate(traces, run_dir, config, done, base, generate, on_progress)
-
-
-def _resume_predictions(
-    run_dir: Path, manifest: dict[str, Any], resume: bool
-) -> list[dict[str, Any]]:
-    """The graded predictions a resumed run keeps (a line cut short by a kill is dropped); a
-    new run writes its manifest."""
-    path, manifest_path = run_dir / PREDICTIONS, run_dir / RUN_MANIFEST
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
-    done = [json.loads(x) for x in lines if x.endswith("\n")]
-    if done and not resume:
-        raise ValueError(
-            f"{run_dir} already holds {len(done)} predictions: pass --resume to continue that "
-            "run, or choose a new folder"
-        )
-    if done:
-        if not manifest_path.is_file():
-            raise ValueError(f"{run_dir}: no {RUN_MANIFEST} (an older cd_fast); use a new folder")
-        check_same_run(json.loads(manifest_path.read_text()), manifest, manifest_path)
-    else:
-        with AtomicWriter(manifest_path) as handle:
-            json.dump(manifest, handle, indent=1)
-    with AtomicWriter(path) as handle:
-        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
-    return done
+    records = read.records(read.open(source))
+    manifest = job_manifest("eval", read, source, config.result_options())
+    with EvalRun(run_dir, manifest, resume) as run:
+        generate = generator or make_generator(config)  # loads (or refuses) the model
+        done = run.predictions()
+        run.start()
+        with AtomicWriter(run.predictions_file) as handle:  # without a torn last line
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
+        return _evaluate(records, run_dir, config, done, base, generate, on_progress)
 
 
 def _evaluate(

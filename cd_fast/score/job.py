@@ -4,82 +4,86 @@ across torchrun ranks (shard k goes to rank k % WORLD_SIZE)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cd_fast.data import TraceReader
+from cd_fast.data import ReadConfig, Trace, TraceReader
 from cd_fast.models import load_causal_lm
-from cd_fast.runs import RunLock, check_same_run, run_manifest
-from cd_fast.runtime import batched, rank_info, take
+from cd_fast.runs import RunFolder, job_manifest
+from cd_fast.runtime import batched, rank_info
 from cd_fast.score.scorer import ScoreConfig, Scorer
-from cd_fast.score.store import MANIFEST, read_manifest, shard_path, write_manifest, write_shard
+from cd_fast.score.store import MANIFEST as SCORE_MANIFEST
+from cd_fast.score.store import shard_path, write_manifest, write_shard
+
+
+class ScoreRun(RunFolder):
+    """score's output folder: manifest.json (the run's manifest, then its totals), one Parquet
+    shard per `shard_size` records (a shard that exists is whole), .lock."""
+
+    MANIFEST = SCORE_MANIFEST
+
+    def work(self) -> str | None:
+        shards = len(list(self.output.glob("shard-*.parquet"))) if self.output.is_dir() else 0
+        return f"{shards} shards of scores" if shards else None
+
+    def refusal(self, work: str) -> str:
+        return (
+            f"{self.output} already holds scores: pass --resume to continue that run, or "
+            "choose a new output folder"
+        )
 
 
 def score_file(
-    reader: TraceReader,
-    output: Path,
+    source: str | Path | TraceReader | Iterable[Trace],
+    output: str | Path,
     config: ScoreConfig,
+    read: ReadConfig | None = None,
     resume: bool = False,
     on_progress: Callable[[int], None] | None = None,
-    limit: int | None = None,
     loaded: tuple[Any, Any] | None = None,
-    manifest: dict[str, Any] | None = None,
 ) -> Scorer:
-    """Score every record `reader` yields into `output` (a folder of shards + manifest).
+    """Score every record of `source` (a trace file read with `read`, or records) into `output`
+    (a folder of shards + manifest).
 
-    `loaded` is an already loaded (model, tokenizer) to use instead of `config.model`'s.
-    `manifest` (cd_fast.runs.run_manifest) names the inputs and reading options; --resume
-    under another one is refused. `on_progress(n)` gets the records finished since its last
-    call."""
+    `loaded` is an already loaded (model, tokenizer) to use instead of `config.model`'s. The
+    run's manifest (input files, reading options, the options that decide the scores) is
+    checked on --resume: a run under other settings is refused. `on_progress(n)` gets the
+    records finished since its last call."""
+    read = read or ReadConfig()
+    output = Path(output)
     rank = rank_info().rank
     if loaded is None and not config.model:
         raise ValueError("ScoreConfig.model: name the scorer LM (folder, hub id or .gguf)")
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output} is a file: score writes a folder; choose another -o")
-    if manifest is None:
-        manifest = run_manifest("score", {"input": reader.source.path}, {"limit": limit})
-    manifest = {**manifest, "options": {**manifest["options"], **config.result_options()}}
-    existing = read_manifest(output) if rank == 0 else None  # rank 0 checks and starts the run
-    if existing is not None and not any(output.glob("shard-*.parquet")):
-        existing = None  # a run that stopped before its first shard: nothing to keep
-    if existing is not None:
-        if not resume:
-            raise ValueError(
-                f"{output} already holds scores: pass --resume to continue that run, or "
-                "choose a new output folder"
-            )
-        if "options" not in existing:
-            raise ValueError(f"{output}: scored by an older cd_fast; score into a new folder")
-        check_same_run(existing, manifest, output / MANIFEST)
-    # the model loads (or is refused) before a new run's folder exists: a failed start leaves
-    # nothing behind
-    model, tokenizer = loaded or load_causal_lm(config.model, device=config.device)
-    scorer = Scorer(model, tokenizer, config)
-    lock = RunLock(output / ".lock", str(output)) if rank == 0 else contextlib.nullcontext()
-    with lock:
-        if existing is None and rank == 0:
-            write_manifest(output, manifest)
-        return _score_shards(reader, output, scorer, manifest, on_progress, limit)
+    records = read.records(read.open(source))
+    manifest = job_manifest("score", read, source, config.result_options())
+    # rank 0 takes the lock, checks the folder and starts the run; the model loads after it
+    run = ScoreRun(output, manifest, resume) if rank == 0 else contextlib.nullcontext()
+    with run:
+        model, tokenizer = loaded or load_causal_lm(config.model, device=config.device)
+        scorer = Scorer(model, tokenizer, config)
+        if rank == 0:
+            run.start()
+        return _score_shards(records, output, scorer, manifest, on_progress)
 
 
 def _score_shards(
-    reader: TraceReader,
+    records: Iterator[Trace],
     output: Path,
     scorer: Scorer,
     manifest: dict[str, Any],
     on_progress: Callable[[int], None] | None,
-    limit: int | None,
 ) -> Scorer:
     ranks = rank_info()
     rank, world = ranks.rank, ranks.world_size
-    config = scorer.config
-    shards = records = 0
-    for shard, batch in enumerate(batched(take(reader, limit), config.shard_size)):
+    shards = count = 0
+    for shard, batch in enumerate(batched(records, scorer.config.shard_size)):
         if shard % world == rank and not shard_path(output, shard).exists():
             write_shard(output, shard, scorer.score(batch))
         if on_progress is not None:
             on_progress(len(batch))
-        shards, records = shard + 1, records + len(batch)
-    write_manifest(output, {**manifest, "total_shards": shards, "records": records})
+        shards, count = shard + 1, count + len(batch)
+    write_manifest(output, {**manifest, "total_shards": shards, "records": count})
     return scorer

@@ -1,6 +1,6 @@
-"""Symbol-aware protection: which trace tokens carry the "logical core" that token-level pruning
-must keep: numbers, operators, LaTeX math (and code), variable names in equations, the answer.
-Markdown decoration (bold markers, bullets, headings, rules) is formatting, not a symbol."""
+"""Symbol-aware protection: which trace characters carry the "logical core" that token-level
+pruning must keep: numbers, operators, LaTeX math (and code), variable names in equations, the
+answer. Markdown decoration (bold markers, bullets, headings, rules) is formatting, not a symbol."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from cd_fast.formats import boxed_spans
+from cd_fast.formats import answer_span, boxed_spans
 from cd_fast.segment import protected_spans
 
 OPERATORS = frozenset("=+*/^<>×÷−±∓≤≥≠≈≡∝√∑∏∫·∙∘%")
@@ -48,10 +48,9 @@ def protected_chars(trace: str, answer: str | None = None) -> np.ndarray:
             keep[match.start() : match.end()] = True
     for start, end in boxed_spans(trace):
         keep[start:end] = True
-    if answer:
-        at = trace.rfind(answer)
-        if at >= 0:
-            keep[at : at + len(answer)] = True
+    answer_at = answer_span(trace, answer)
+    if answer_at is not None:
+        keep[answer_at[0] : answer_at[1]] = True
     return keep
 
 
@@ -62,15 +61,3 @@ def decoration_chars(trace: str) -> np.ndarray:
     for match in _DECORATION.finditer(trace):
         marks[match.start() : match.end()] = True
     return marks
-
-
-def protected_tokens(
-    trace: str, token_offsets: np.ndarray, answer: str | None = None
-) -> np.ndarray:
-    """bool [n_tokens]: a token is protected when any of its characters is."""
-    keep = protected_chars(trace, answer)
-    if not len(token_offsets):
-        return np.zeros(0, dtype=bool)
-    prefix = np.concatenate([[0], np.cumsum(keep)])
-    starts, ends = token_offsets[:, 0], np.maximum(token_offsets[:, 1], token_offsets[:, 0])
-    return (prefix[ends] - prefix[starts]) > 0

@@ -17,22 +17,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from cd_fast.config import check_minimums, option
+from cd_fast.config import check_ranges, option
 from cd_fast.data import Trace
 from cd_fast.formats import (
     DEFAULT_TARGET_TEMPLATE,
     chat_prompt,
     check_target_template,
-    final_answer,
     target_prefix,
     target_suffix,
 )
 from cd_fast.kernels.pack import TokenStore
 from cd_fast.kernels.token_scores import token_scores
-from cd_fast.linear_attention import enable_packing
+from cd_fast.patches import make_packable
 from cd_fast.runtime import token_batches
 from cd_fast.score.answer_delta import answer_losses
-from cd_fast.score.protect import protected_tokens
 from cd_fast.score.steps import step_scores
 from cd_fast.score.store import RecordScores
 from cd_fast.segment import SegmentConfig, segment_steps
@@ -76,7 +74,7 @@ class ScoreConfig:
     )
 
     def __post_init__(self) -> None:
-        check_minimums(self)
+        check_ranges(self)
         check_target_template(self.target_template)
 
     def result_options(self) -> dict[str, Any]:
@@ -128,7 +126,7 @@ class Scorer:
         head = model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
             raise ValueError("scorer models with an LM-head bias are not supported")
-        enable_packing(model)  # windows are scored packed
+        make_packable(model)  # windows are scored packed
         self.model, self.tokenizer, self.head = model, tokenizer, head
         self.config = config
         context = getattr(model_config, "max_position_embeddings", None) or 8192
@@ -224,7 +222,6 @@ class Scorer:
             if steps is None:
                 steps = np.asarray(trace.steps, dtype=np.int64).reshape(-1, 2)
             surprisal, entropy = results[index]
-            answer = final_answer(trace)
             records.append(
                 RecordScores(
                     id=trace.id,
@@ -232,7 +229,6 @@ class Scorer:
                     offsets=offsets,
                     surprisal=surprisal,
                     entropy=entropy,
-                    protected=protected_tokens(trace.trace, offsets, answer),
                     steps=steps,
                     step_scores=step_scores(offsets, steps, surprisal, entropy),
                 )

@@ -32,7 +32,6 @@ SCHEMA = pa.schema(
         ("token_end", pa.list_(pa.int32())),
         ("surprisal", pa.list_(pa.float32())),
         ("entropy", pa.list_(pa.float32())),
-        ("protected", pa.list_(pa.bool_())),
         ("step_start", pa.list_(pa.int64())),
         ("step_end", pa.list_(pa.int64())),
         *[(name, pa.list_(pa.float32())) for name in STEP_FIELDS],
@@ -49,7 +48,6 @@ class RecordScores:
     offsets: np.ndarray  # int32 [n, 2]
     surprisal: np.ndarray  # float32 [n], natural log
     entropy: np.ndarray  # float32 [n]
-    protected: np.ndarray  # bool [n]
     steps: np.ndarray  # int64 [k, 2]
     step_scores: dict[str, np.ndarray]  # STEP_FIELDS -> float32 [k]
 
@@ -69,7 +67,6 @@ class RecordScores:
             "token_end": self.offsets[:, 1],
             "surprisal": self.surprisal,
             "entropy": self.entropy,
-            "protected": self.protected,
             "step_start": self.steps[:, 0],
             "step_end": self.steps[:, 1],
             **self.step_scores,
@@ -86,7 +83,6 @@ class RecordScores:
             offsets=np.stack([array("token_start", np.int32), array("token_end", np.int32)], 1),
             surprisal=array("surprisal", np.float32),
             entropy=array("entropy", np.float32),
-            protected=array("protected", bool),
             steps=np.stack([array("step_start", np.int64), array("step_end", np.int64)], 1),
             step_scores={name: array(name, np.float32) for name in STEP_FIELDS},
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cd_fast.config import check_minimums, option
+from cd_fast.config import check_ranges, option
 from cd_fast.formats import DEFAULT_TARGET_TEMPLATE, check_target_template
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
@@ -25,6 +25,7 @@ class TrainConfig:
     )
     learning_rate: float = option(
         2e-5,
+        above=0,
         help="Peak learning rate (LoRA/QLoRA usually want ~1e-4 to 2e-4).",
     )
     num_train_epochs: float = option(1.0, help="Passes over the data; ignored when max_steps > 0.")
@@ -127,6 +128,7 @@ class TrainConfig:
     )
     max_memory: float | None = option(
         None,
+        above=0,
         help="GiB the run may use on the device: picks micro-batch size and checkpointing, or "
         "fails.",
     )
@@ -164,11 +166,6 @@ class TrainConfig:
         minimum=1,
         help="Tokens per LM-head chunk in the CPU loss (bounds its logits memory).",
     )
-    extra: dict[str, Any] = option(
-        default_factory=dict,
-        cli=False,
-        help="Free-form values recorded in train_config.json (e.g. data paths).",
-    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -192,9 +189,8 @@ class TrainConfig:
             (self.max_steps > 0 or self.num_train_epochs > 0, "set max_steps or num_train_epochs"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must lie in [0, 1)"),
             (not self.load_in_4bit or self.lora_r > 0, "load_in_4bit (QLoRA) needs lora_r > 0"),
-            (self.max_memory is None or self.max_memory > 0, "max_memory must be > 0 GiB"),
         ]
-        check_minimums(self)
+        check_ranges(self)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -208,3 +204,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def result_options(self) -> dict[str, Any]:
+        """The fields that decide the trained model (a run's manifest options): not where or
+        how often the run saves and logs, nor where it runs (FSDP2 checkpoints reshard; the
+        steps and their data stay the same)."""
+        run_only = (
+            "output_dir",
+            "resume",
+            "overwrite_output_dir",
+            "save_steps",
+            "save_total_limit",
+            "logging_steps",
+            "device",
+            "distributed",
+            "fsdp_cpu_offload",
+        )
+        return {k: v for k, v in self.to_dict().items() if k not in run_only}

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cd_fast.data import Trace, TraceReader
+from cd_fast.data import Trace
 from cd_fast.formats import chat_prompt, render_target
 from cd_fast.kernels import label_token_count
 from cd_fast.runtime import batched
@@ -26,7 +25,7 @@ class TrainSet:
     sequences: list[np.ndarray]
     prompt_lengths: np.ndarray
     truncated: list[str] = field(default_factory=list)
-    """ids cut to max_seq_length (their target tail is not trained)."""
+    """ids cut to max_seq_length (their target tail is not trained; dropped ones not counted)."""
     dropped: list[str] = field(default_factory=list)
     """ids with no target token left after truncation (not trained at all)."""
 
@@ -42,25 +41,6 @@ class TrainSet:
         return label_token_count(self.lengths, self.prompt_lengths)
 
 
-def as_traces(data: Any) -> Iterable[Trace]:
-    """Traces from a file path, a TraceReader, Trace objects, dicts or a `datasets.Dataset`."""
-    if isinstance(data, (str, Path)):
-        return TraceReader(data)
-    if isinstance(data, TraceReader):
-        return data
-
-    def convert() -> Iterable[Trace]:
-        for index, item in enumerate(data):
-            if isinstance(item, Trace):
-                yield item
-            elif isinstance(item, Mapping):
-                yield Trace.from_dict(dict(item), source="<data>", location=f"record {index}")
-            else:
-                raise TypeError(f"data[{index}]: expected a Trace or a dict, got {type(item)}")
-
-    return convert()
-
-
 def tokenize_traces(
     traces: Iterable[Trace],
     tokenizer: Any,
@@ -68,7 +48,9 @@ def tokenize_traces(
     max_seq_length: int,
     batch_size: int = 256,
 ) -> TrainSet:
-    """Prompt = the question through the chat template; target = target_template + EOS."""
+    """Prompt = the question through the chat template; target = target_template + EOS; a
+    sample longer than `max_seq_length` (the trainer passes the smaller of max_seq_length and
+    max_tokens_per_step) keeps its head, and is counted in `truncated`."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos_token_id: the target needs an end token")
@@ -82,12 +64,13 @@ def tokenize_traces(
         target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
         for trace, prompt, target in zip(batch, prompt_ids, target_ids, strict=True):
             tokens = np.asarray([*prompt, *target, eos], dtype=np.int64)
-            if tokens.size > max_seq_length:
-                tokens = tokens[:max_seq_length]
-                out.truncated.append(trace.id)
+            cut = tokens.size > max_seq_length
+            tokens = tokens[:max_seq_length]
             if tokens.size <= max(len(prompt), 1):
                 out.dropped.append(trace.id)
                 continue
+            if cut:
+                out.truncated.append(trace.id)
             out.ids.append(trace.id)
             out.sequences.append(tokens)
             prompt_lengths.append(len(prompt))
@@ -98,15 +81,17 @@ def tokenize_traces(
         )
     if out.truncated:
         logger.warning(
-            "%d samples are longer than max_seq_length=%d and were truncated (ids: %s)",
+            "%d samples are longer than %d tokens (max_seq_length, or max_tokens_per_step when "
+            "smaller) and were truncated (ids: %s)",
             len(out.truncated),
             max_seq_length,
             ", ".join(out.truncated[:10]),
         )
     if out.dropped:
         logger.warning(
-            "%d samples dropped: the prompt alone fills max_seq_length (ids: %s)",
+            "%d samples dropped: the prompt alone fills the %d tokens a sample may hold (ids: %s)",
             len(out.dropped),
+            max_seq_length,
             ", ".join(out.dropped[:10]),
         )
     return out

@@ -1,4 +1,6 @@
-"""Training metrics: FLOPs/MFU, peak memory, and the metrics.jsonl / TensorBoard writers.
+"""Training metrics: FLOPs/MFU, peak memory, the logging window (the steps between two logging
+points, timed and read together: the only place the loop syncs), and the metrics.jsonl /
+TensorBoard writers.
 
 MFU = achieved model FLOP/s / peak FLOP/s, with the model FLOPs of a packed batch of
 sequences of lengths l_i (PaLM / nanoGPT accounting, forward + backward, no recompute):
@@ -16,12 +18,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from cd_fast.train.memory import ModelShape
 
@@ -103,3 +109,91 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+class NonFiniteLossError(ValueError):
+    """A step's loss was NaN or inf (nan_policy="stop")."""
+
+
+@dataclass
+class StepTiming:
+    """The steps between two logging points, timed together (the loop syncs only there)."""
+
+    first_step: int
+    last_step: int
+    label_tokens: int
+    seconds: float
+    flops: float  # model FLOPs of these steps (the MFU formula's numerator)
+    peak_memory_gib: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.label_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class LoggingWindow:
+    """The steps since the last logging point: their losses stay on the device until it
+    closes."""
+
+    first_step: int
+    start: float  # perf_counter at its start (checkpoint time excluded)
+    steps: list[tuple[int, torch.Tensor, int, list[str]]] = field(default_factory=list)
+    flops: float = 0.0
+    label_tokens: int = 0
+    grad_norm: torch.Tensor | None = None
+    lr: float = 0.0
+    loss_sums: list[float] = field(default_factory=list)  # read when it closes
+
+    def add(self, step: int, loss_sum: torch.Tensor, labels: int, ids: list[str]) -> None:
+        """A step that updated the weights: its summed loss (a device tensor) and label count."""
+        self.steps.append((step, loss_sum, labels, ids))
+
+    def close(
+        self, step: int, device: torch.device, world_size: int
+    ) -> tuple[StepTiming, dict[int, float]]:
+        """Time the window (syncing CUDA) and read its losses, summed over the ranks: (the
+        timing, each step's mean loss). A non-finite loss stops the run, naming the step and
+        its samples."""
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timing = StepTiming(
+            first_step=self.first_step,
+            last_step=step,
+            label_tokens=self.label_tokens,
+            seconds=time.perf_counter() - self.start,
+            flops=self.flops,
+            peak_memory_gib=round(peak_memory_gib(device), 3),
+        )
+        if not self.steps:
+            return timing, {}
+        sums = torch.stack([loss for _, loss, _, _ in self.steps])
+        if world_size > 1:
+            dist.all_reduce(sums)
+        self.loss_sums = sums.double().cpu().tolist()
+        losses = {}
+        for (at, _, labels, ids), total in zip(self.steps, self.loss_sums, strict=True):
+            losses[at] = total / max(labels, 1)
+            if not math.isfinite(losses[at]):
+                raise NonFiniteLossError(
+                    f"step {at}: loss is {losses[at]} (samples: {', '.join(ids[:20])}); "
+                    "lower the learning rate, check these records, or use nan_policy='skip'"
+                )
+        return timing, losses
+
+    def row(self, timing: StepTiming, epoch: int, peak: float | None, ranks: int) -> dict:
+        """The metrics.jsonl row of a closed window (its mean loss over its label tokens)."""
+        labels = sum(labels for _, _, labels, _ in self.steps)
+        row = {
+            "step": timing.last_step,
+            "epoch": epoch,
+            "loss": sum(self.loss_sums) / max(labels, 1),
+            "lr": self.lr,
+            "grad_norm": float(self.grad_norm),
+            "tokens_per_s": timing.tokens_per_s,
+            "label_tokens": timing.label_tokens,
+            "peak_memory_gib": timing.peak_memory_gib,
+        }
+        if peak and timing.seconds > 0:
+            row["mfu"] = timing.flops / timing.seconds / (peak * ranks)
+        return row

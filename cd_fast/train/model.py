@@ -1,29 +1,19 @@
-"""Building the trained model: load, Liger patches, LoRA / QLoRA, checkpointing, compile."""
+"""Building the trained model: load, make it packable (with Liger on CUDA), LoRA / QLoRA,
+checkpointing, compile; and the loss module around it."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cd_fast.attention import register
 from cd_fast.kernels import PackedBatch
-from cd_fast.linear_attention import enable_packing
 from cd_fast.models import load_causal_lm
+from cd_fast.patches import causal_lm, make_packable, register
 from cd_fast.train.config import TrainConfig
 from cd_fast.train.loss import linear_cross_entropy_sum
-
-logger = logging.getLogger(__name__)
-
-
-def causal_lm(model: nn.Module) -> nn.Module:
-    """The transformers causal LM inside a peft wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -51,41 +41,6 @@ def load_model(
         )
         options["device_map"] = {"": device}
     return load_causal_lm(spec, device, dtype, attn_implementation=register(), **options)
-
-
-def apply_liger(model: nn.Module, explicit: bool) -> bool:
-    """Liger RMSNorm/SwiGLU kernels on this model's modules (the loss is fused separately).
-
-    Liger's patch functions also replace the modeling module's RMSNorm and MLP classes and its
-    RoPE function for the whole process, so every model of that architecture built later would
-    run Liger's Triton kernels, on the CPU too (where they fail). Those module-level changes are
-    undone; the instance keeps its patched modules. Liger's RoPE exists only as such a
-    process-wide patch, so it is not used.
-    """
-    try:
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
-    except ImportError:
-        if explicit:
-            raise ImportError("liger=True but liger-kernel is not installed") from None
-        logger.warning("liger-kernel is not installed: RMSNorm/SwiGLU run unfused")
-        return False
-    lm = causal_lm(model)
-    modeling = sys.modules[type(lm).__module__]
-    before = dict(vars(modeling))
-    _apply_liger_kernel_to_instance(
-        model=lm,
-        rope=False,
-        rms_norm=True,
-        swiglu=True,
-        cross_entropy=False,
-        fused_linear_cross_entropy=False,
-    )
-    for name, value in list(vars(modeling).items()):
-        if name not in before:
-            delattr(modeling, name)
-        elif before[name] is not value:
-            setattr(modeling, name, before[name])
-    return True
 
 
 def add_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -121,13 +76,12 @@ def prepare_model(
     else:
         if config.load_in_4bit:
             raise ValueError("QLoRA quantises while loading: pass a model path, not a model")
-        model.config._attn_implementation = register()
-        enable_packing(model)
         model = model.to(device=load_device, dtype=dtype)
     model.config.use_cache = False
-    use_liger = config.liger if config.liger is not None else device.type == "cuda"
-    if use_liger:
-        apply_liger(model, explicit=config.liger is True)
+    # Liger's kernels are Triton on CUDA: asked for (True), or by default there (None: when
+    # installed)
+    liger = config.liger if config.liger is not None else (None if device.type == "cuda" else False)
+    make_packable(model, liger=liger)
     if config.gradient_checkpointing:
         lm = causal_lm(model)
         options = {"use_reentrant": False}

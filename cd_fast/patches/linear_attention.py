@@ -29,7 +29,6 @@ import importlib
 import inspect
 import itertools
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 
 from cd_fast.kernels.causal_conv1d import causal_conv1d_varlen
-from cd_fast.runtime import triton_can_run
+from cd_fast.runtime import pick_backend, triton_can_run
 
 logger = logging.getLogger(__name__)
 
@@ -65,59 +64,38 @@ def _fla_chunk_gated_delta_rule() -> Callable | None:
     return chunk_gated_delta_rule
 
 
-def _forced(variable: str, choices: tuple[str, ...]) -> str | None:
-    forced = os.environ.get(variable) or None
-    if forced is not None and forced not in choices:
-        raise ValueError(f"{variable}={forced!r}: expected one of {', '.join(choices)}")
-    return forced
-
-
 def select_conv_backend(device: torch.device) -> str:
     """ "triton" on CUDA (or under TRITON_INTERPRET=1), else "torch"; CD_FAST_CONV forces one."""
     device = torch.device(device)
-    return _select_conv(device, _forced("CD_FAST_CONV", CONV_BACKENDS), triton_can_run(device))
 
+    def available() -> list[str]:
+        return [*(["triton"] if triton_can_run(device) else []), "torch"]
 
-@functools.cache
-def _select_conv(device: torch.device, forced: str | None, triton_ok: bool) -> str:
-    available = [*(["triton"] if triton_ok else []), "torch"]
-    if forced is not None and forced not in available:
-        raise RuntimeError(f"CD_FAST_CONV={forced} is not available on {device} ({available})")
-    choice = forced or available[0]
-    logger.info("cd_fast packed causal conv1d on %s: %s (available: %s)", device, choice, available)
-    return choice
+    return pick_backend("packed causal conv1d", "CD_FAST_CONV", CONV_BACKENDS, available, device)
 
 
 def select_delta_rule_backend(device: torch.device, dtype: torch.dtype) -> str:
     """ "fla" on CUDA in bf16/fp16 when flash-linear-attention imports, else "torch" (exact, one
     sequence at a time); CD_FAST_DELTA_RULE forces one."""
-    forced = _forced("CD_FAST_DELTA_RULE", DELTA_RULE_BACKENDS)
-    return _select_delta_rule(torch.device(device), dtype, forced)
+    device = torch.device(device)
 
-
-@functools.cache
-def _select_delta_rule(device: torch.device, dtype: torch.dtype, forced: str | None) -> str:
-    fla_ok = (
-        device.type == "cuda"
-        and dtype in (torch.bfloat16, torch.float16)
-        and _fla_chunk_gated_delta_rule() is not None
-    )
-    available = [*(["fla"] if fla_ok else []), "torch"]
-    if forced is not None and forced not in available:
-        raise RuntimeError(
-            f"CD_FAST_DELTA_RULE={forced} is not available on {device} in {dtype} ({available}); "
-            "fla needs a CUDA device, bf16/fp16 and `pip install flash-linear-attention`"
+    def available() -> list[str]:
+        fla_ok = (
+            device.type == "cuda"
+            and dtype in (torch.bfloat16, torch.float16)
+            and _fla_chunk_gated_delta_rule() is not None
         )
-    choice = forced or available[0]
-    log = logger.warning if device.type == "cuda" and choice == "torch" else logger.info
-    log(
-        "cd_fast packed gated delta rule on %s (%s): %s (available: %s)",
-        device,
-        dtype,
-        choice,
+        return [*(["fla"] if fla_ok else []), "torch"]
+
+    return pick_backend(
+        "packed gated delta rule",
+        "CD_FAST_DELTA_RULE",
+        DELTA_RULE_BACKENDS,
         available,
+        f"{device} in {dtype}",
+        slow=("torch",) if device.type == "cuda" else (),
+        hint="fla needs a CUDA device, bf16/fp16 and `pip install flash-linear-attention`",
     )
-    return choice
 
 
 def _packed_conv(original: Callable) -> Callable:

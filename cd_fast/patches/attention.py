@@ -2,7 +2,7 @@
 
 Backends, in the order `select_backend` tries them:
   fa4    FlashAttention-4 (`flash_attn.cute.flash_attn_varlen_func`, pip `flash-attn-4`), Hopper and
-         Blackwell; ~2x torch's kernels on an H100 (shared/tools/README.md). Native GQA.
+         Blackwell; the fastest on an H100 (bench/results/attention.md). Native GQA.
   fa2    classic flash-attn `flash_attn_varlen_func`, when installed. Native GQA.
   torch  `torch.nn.attention.varlen.varlen_attn` (torch >= 2.10); causal is `is_causal=True` or
          `window_size=(-1, 0)` depending on the release, GQA native where `enable_gqa` exists.
@@ -22,14 +22,13 @@ import functools
 import inspect
 import itertools
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from cd_fast.runtime import warn_once
+from cd_fast.runtime import pick_backend, warn_once
 
 logger = logging.getLogger(__name__)
 
@@ -84,25 +83,10 @@ def available_backends(device: torch.device) -> list[str]:
 
 def select_backend(device: torch.device) -> str:
     """The backend for `device`: CD_FAST_ATTN when set, else the fastest available."""
-    return _select_backend(torch.device(device), os.environ.get("CD_FAST_ATTN") or None)
-
-
-@functools.cache
-def _select_backend(device: torch.device, forced: str | None) -> str:
-    available = available_backends(device)
-    if forced:
-        if forced not in BACKENDS:
-            raise ValueError(f"CD_FAST_ATTN={forced!r}: expected one of {', '.join(BACKENDS)}")
-        if forced not in available:
-            raise RuntimeError(
-                f"CD_FAST_ATTN={forced} is not available on {device} "
-                f"(available: {', '.join(available)})"
-            )
-        choice = forced
-    else:
-        choice = available[0]
-    logger.info("cd_fast varlen attention on %s: %s (available: %s)", device, choice, available)
-    return choice
+    device = torch.device(device)
+    return pick_backend(
+        "varlen attention", "CD_FAST_ATTN", BACKENDS, lambda: available_backends(device), device
+    )
 
 
 # A sequence joins a padded SDPA group when padding it to the group's longest at most multiplies
@@ -143,7 +127,7 @@ def _sdpa_varlen(
     window: int | None,
 ) -> torch.Tensor:
     """Packed sequences in padded groups of similar length, one SDPA call per group: on a CPU
-    the per-call cost outweighs the padding (the demo student's steps ran 1.26x faster)."""
+    the per-call cost outweighs the padding."""
     starts, lengths = cu_seqlens[:-1], [b - a for a, b in itertools.pairwise(cu_seqlens)]
     gqa = q.shape[1] != k.shape[1]
     rows, outputs = [], []

@@ -1,0 +1,109 @@
+"""The optimizer side of a run: AdamW over the trained weights (over their fp32 masters when the
+model computes in bf16), gradient clipping and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from cd_fast.train import distributed
+from cd_fast.train.config import TrainConfig
+
+
+class MasterWeights:
+    """fp32 copies of bf16 trainable weights: the optimizer updates the copies, the model gets
+    them rounded back to bf16 after each step (gradients accumulate in bf16)."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        self.params = params
+        self.masters = [p.detach().float().clone().requires_grad_(True) for p in params]
+
+    def grads_to_masters(self) -> None:
+        for master, param in zip(self.masters, self.params, strict=True):
+            master.grad = None if param.grad is None else param.grad.float()
+
+    def masters_to_params(self) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.masters)
+
+
+class Optimization:
+    """One optimizer step's parts after the backward passes: `clip()` (returns the global
+    gradient norm, on the device), `update()`, `zero_grad()`, then `next_lr()`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        trained: list[nn.Parameter],
+        config: TrainConfig,
+        total_steps: int,
+    ):
+        self.model = model
+        self.config = config
+        self.masters = None
+        params = trained
+        if config.bf16 and config.master_weights and any(p.dtype == torch.bfloat16 for p in params):
+            self.masters = MasterWeights(params)
+            params = self.masters.masters
+        self.optimized = params
+        self.optimizer = _adamw(params, config)
+        self.scheduler = _schedule(self.optimizer, config, total_steps)
+
+    def clip(self) -> torch.Tensor:
+        """Gradients to the fp32 masters, then clip; returns the global norm."""
+        if self.masters:
+            self.masters.grads_to_masters()
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.optimized, max_norm, foreach=True)
+        return distributed.full_norm(grad_norm)
+
+    def update(self) -> None:
+        self.optimizer.step()
+        if self.masters:
+            self.masters.masters_to_params()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.masters:
+            self.model.zero_grad(set_to_none=True)
+
+    def next_lr(self) -> float:
+        """Advance the schedule; returns the learning rate the step just taken used."""
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        return lr
+
+
+def _adamw(params: list[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only (not norms, biases); bitsandbytes' 8-bit on request."""
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    options = {
+        "lr": config.learning_rate,
+        "betas": (config.adam_beta1, config.adam_beta2),
+        "eps": config.adam_epsilon,
+    }
+    if config.optim == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, **options)
+    return torch.optim.AdamW(groups, fused=True, **options)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    min_lr = config.lr_scheduler_type == "cosine_with_min_lr"
+    return get_scheduler(
+        config.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs={"min_lr_rate": 0.1} if min_lr else {},
+    )
