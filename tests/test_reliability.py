@@ -786,3 +786,18 @@ def test_option_ranges_are_refused_before_any_model_loads(
 ):
     args = command_args(command, files["good"], tmp_path / "o", tmp_path / "no-such-model")
     assert_error(run(capsys, *args, flag, value), f"argument {flag}: {says}")
+
+
+def test_train_progress_lines_keep_their_interval_off_a_terminal(files, student, tmp_path):
+    # logging every step must not print a progress line per step into a log file
+    args = command_args("train", files["good"], tmp_path / "t", student)
+    result = subprocess.run(
+        [sys.executable, "-m", "cd_fast.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "CD_FAST_PROGRESS_SECONDS": "600"},
+        cwd=REPO,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not [line for line in result.stderr.splitlines() if line.startswith("train:")]

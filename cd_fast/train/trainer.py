@@ -358,9 +358,8 @@ class Trainer:
                 if log or save:
                     row = self._close_window(window, result)
                     if row is not None:
-                        bar.set_postfix(
-                            loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}"
-                        )
+                        loss, speed = f"{row['loss']:.4f}", f"{row['tokens_per_s']:.0f}"
+                        bar.set_postfix(loss=loss, tok_s=speed, refresh=False)  # at its pace
                     window = LoggingWindow(self.step + 1, time.perf_counter())
                 if save:
                     self.save_checkpoint()
