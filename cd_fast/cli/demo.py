@@ -23,7 +23,7 @@ time, accuracy and accuracy per 1k output tokens, each relative to the original.
 lands in --output (data with --explain records, models, evals, demo.json, report.md and the
 trade-off plots); `cdfast report --html DIR` shows what each method kept.
 
-sizes: micro (a one-minute smoke test: numbers mean little), tiny (2 CPU cores, about 9.5
+sizes: micro (a one-minute smoke test: numbers mean little), tiny (2 CPU cores, 9.5 to 12
 minutes: 3,000 training traces, 300 held-out questions), small and base (a GPU).
 
 examples:
