@@ -530,6 +530,7 @@ def one_process_runs(tiny_models, shared_data, tmp_path_factory, cdfast):
             *train_args(tiny_models[model], shared_data, out, *options, *DISTRIBUTED_OPTIONS),
             "--gradient-accumulation-steps",
             "2",
+            env={"OMP_NUM_THREADS": "1"},  # as the ranks run: the same BLAS rounding
         )
         assert done.returncode == 0, done.stderr[-2000:]
         runs[kind] = out
