@@ -109,6 +109,20 @@ SHAPES = {
             layer_types=["linear_attention", "full_attention", "linear_attention"],
         ),
     ),
+    # a small Qwen2 with 128-wide heads (what FlashAttention-4 takes): the GPU tests' model
+    "gpu-qwen2": (
+        "Qwen2Config",
+        dict(
+            hidden_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=512,
+            vocab_size=1000,
+            tie_word_embeddings=False,
+            max_position_embeddings=4096,
+        ),
+    ),
     "tiny": (
         "Qwen2Config",
         dict(

@@ -11,6 +11,7 @@ together:
 
 from __future__ import annotations
 
+import abc
 import errno
 import fcntl
 import hashlib
@@ -163,7 +164,7 @@ class RunLock:
             self._fd = None
 
 
-class RunFolder:
+class RunFolder(abc.ABC):
     """One run's output, from the lock to the manifest (see the module doc).
 
     Entering takes the lock (a second writer is refused), then refuses: an output holding a
@@ -201,10 +202,10 @@ class RunFolder:
     def manifest_file(self) -> Path:
         return self.output / self.MANIFEST
 
+    @abc.abstractmethod
     def work(self) -> str | None:
         """The finished work the output holds, in a few words; None when there is none worth
         keeping (a new run starts over whatever is left)."""
-        raise NotImplementedError
 
     def refusal(self, work: str) -> str:
         return (

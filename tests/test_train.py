@@ -826,20 +826,10 @@ def gpu_model(out: Path | None = None):
     """A small random Qwen2 with 128-wide heads (what FlashAttention-4 takes); saved with a
     word-level tokenizer when `out` is given (QLoRA quantises while loading from a path)."""
     from tokenizers import Tokenizer, models
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    config = Qwen2Config(
-        hidden_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=512,
-        vocab_size=1000,
-        tie_word_embeddings=False,
-        max_position_embeddings=4096,
-    )
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(model_config("gpu-qwen2"))
     if out is None:
         return model
     model.save_pretrained(out)

@@ -6,6 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
+from cd_fast.bench.shapes import model_config
 from cd_fast.kernels.pack import pack_sequences
 from cd_fast.patches.attention import (
     available_backends,
@@ -275,16 +276,7 @@ def test_packed_model_equals_per_sequence_on_gpu(backend, monkeypatch, assert_cl
     if backend not in gpu_backends():
         pytest.skip(f"{backend} is not available here ({gpu_backends()})")
     monkeypatch.setenv("CD_FAST_ATTN", backend)
-    config = Qwen2Config(
-        vocab_size=997,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-    )
+    config = model_config("gpu-qwen2", vocab_size=997)
     torch.manual_seed(3)
     reference = AutoModelForCausalLM.from_config(config, attn_implementation=register())
     model = AutoModelForCausalLM.from_config(config, attn_implementation=register())
