@@ -35,13 +35,14 @@ def test_demo_runs_end_to_end_and_reports(micro_demo, cdfast, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "demo.json").read_text())
     runs = results["runs"]
-    assert set(runs) == {"original", "token@0.5", "step@0.5", "truncate@0.5"}
+    compressed = ("token@0.5", "step@0.5", "step-role@0.5", "truncate@0.5")
+    assert set(runs) == {"original", *compressed}
     for name, run in runs.items():
         assert f"| {name} |" in done.stdout
         assert Path(run["model"], "config.json").is_file()
         assert 0 <= run["accuracy"] <= 1 and run["mean_output_tokens"] > 0
         assert (out / f"eval-{name}" / "predictions.jsonl").is_file()
-    for name in ("token@0.5", "step@0.5", "truncate@0.5"):
+    for name in compressed:
         assert runs[name]["train_label_tokens"] < runs["original"]["train_label_tokens"]
         # whole paragraphs of 224 short traces: near the budget, not on it
         assert abs(runs[name]["ratio_tokens"] - 0.5) <= 0.05 and runs[name]["budget"] == 0.5
@@ -53,12 +54,17 @@ def test_demo_runs_end_to_end_and_reports(micro_demo, cdfast, tmp_path):
     explained = [json.loads(x) for x in (out / "data" / "step@0.5.jsonl").open()]
     assert all(r["meta"]["compression"]["explain"]["dropped"] for r in explained)
     page = cdfast("report", "--html", out, "--traces", "2", "-o", tmp_path / "p.html")
-    assert page.returncode == 0 and "(6 traces)" in page.stdout, page.stderr
+    assert page.returncode == 0 and "(8 traces)" in page.stdout, page.stderr
+    # step pruning by roles dropped the demo's detours and checks before its computation
+    roles = json.loads((out / "data" / "sets.json").read_text())["step-role@0.5"]["summary"]
+    kept = roles["roles"]
+    assert kept["deduction"]["kept"] > kept["uncertainty"]["kept"], kept
 
     report = cdfast("report", out, "-o", tmp_path / "r.md", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     text = (tmp_path / "r.md").read_text()
     assert "accuracy / 1k tokens" in text and "| asked budget |" in text
+    assert "step roles" in text and "| step-role@0.5 |" in text
     assert "r-0-tradeoff.png" in text
     assert (tmp_path / "r-0-tradeoff.png").stat().st_size > 1000
 

@@ -124,6 +124,23 @@ def budget_line(summary: dict) -> str:
     return line
 
 
+def role_line(roles: dict | None) -> str:
+    """Each step role's share of the text before -> after, and the fraction of it kept."""
+    if not roles:
+        return "-"
+    parts = []
+    for role, share in roles.items():
+        if not share["before"]:
+            continue
+        if share["kept"] is None:
+            parts.append(f"{role} {share['before']:.0%}")
+        else:
+            parts.append(
+                f"{role} {share['before']:.0%} -> {share['after']:.0%} (kept {share['kept']:.0%})"
+            )
+    return "; ".join(parts) + " (share of the text before -> after)"
+
+
 def print_summary(summary: dict, output: Path) -> None:
     answers = summary["answers_in_original"]
     kept = summary["answers_kept"]
@@ -161,6 +178,7 @@ def print_summary(summary: dict, output: Path) -> None:
             if summary.get("records_empty")
             else "-",
         ),
+        ("roles kept", role_line(summary.get("roles"))),
         ("throughput", f"{summary['traces_per_s']} traces/s, {summary['tokens_per_s']} tokens/s"),
         ("time (s)", ", ".join(f"{k} {v}" for k, v in summary["seconds"].items())),
         ("output", f"{output} (+ {output.name}.summary.json)"),

@@ -70,14 +70,18 @@ class CompressConfig:
         "(of the scorer's next-token distribution) | random. step: value-flow (no model: the "
         "steps whose numbers a later kept step or the answer uses) | surprisal | entropy "
         "(aggregated over the step's tokens by --aggregation) | answer-delta (how much the "
-        "answer's loss rises without the step) | random. Default: the first of each list.",
+        "answer's loss rises without the step) | role (step roles: deduction and the conclusion "
+        "kept first, backtracking, hesitation and repeated checks dropped first; no model) | "
+        "role+value-flow, role+surprisal (role, ties broken by the other criterion) | random. "
+        "Default: the first of each list.",
     )
-    granularity: str = option(
-        "paragraph",
+    granularity: str | None = option(
+        None,
         choices=GRANULARITIES,
         group=KEEP,
         help="step: the unit kept or dropped: paragraph (text between line breaks, with its "
-        "discourse marker) or sentence; a unit ending in a question stays with its answer.",
+        "discourse marker) or sentence; a unit ending in a question stays with its answer. "
+        "Default: sentence for the role criteria (a paragraph mixes roles), paragraph otherwise.",
     )
     aggregation: str = option(
         "sum",
@@ -244,6 +248,9 @@ class CompressConfig:
             raise ValueError(f"on_lost_answer must be one of {LOST_ANSWER_POLICIES}")
         if self.level not in (1, 2, 3):
             raise ValueError(f"level must be 1, 2 or 3, got {self.level}")
+        if self.granularity is None:
+            by_role = (self.criterion or "").startswith("role")
+            self.granularity = "sentence" if by_role else "paragraph"
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}")
         if self.aggregation not in AGGREGATIONS:

@@ -3,10 +3,17 @@
 A criterion scores tokens (token pruning keeps words by it), units (step pruning keeps units
 by it), or both. What a run must provide for it:
 
-  nothing  value-flow (the units the answer's numbers flow through), random
-  scores   surprisal, entropy: the scorer LM's token scores (--scores DIR, or --scorer to
-           compute them); a unit aggregates its tokens' scores (--aggregation)
+  nothing  value-flow (the units the answer's numbers flow through), role and
+           role+value-flow (step roles, `cd_fast.compress.roles`), random
+  scores   surprisal, entropy, role+surprisal: the scorer LM's token scores (--scores DIR, or
+           --scorer to compute them); a unit aggregates its tokens' scores (--aggregation)
   scorer   answer-delta: the scorer LM itself (each unit's ablation is a forward pass)
+
+The role criteria rank units by what their sentences do: the conclusion and deduction first, then
+initialising (the question is in the prompt already), exploration and verification, repeated
+conclusions, uncertainty, and last backtracking and the deductions a backtrack abandoned
+(`ROLE_RANK`). Within a rank the tie-breaker orders units: for `role` the tagger's confidence and
+the share of new content words, for `role+X` criterion X (as a rank within the record).
 
 `METHOD_CRITERIA` says which criteria each method accepts, its default first.
 """
@@ -21,6 +28,15 @@ import numpy as np
 
 from cd_fast.compress.backbone import value_flow
 from cd_fast.compress.item import Item, MethodContext
+from cd_fast.compress.roles import (
+    BACKTRACKING,
+    CONCLUSION,
+    DEDUCTION,
+    EXPLORATION,
+    INITIALISING,
+    UNCERTAINTY,
+    VERIFICATION,
+)
 from cd_fast.compress.units import ablation_groups
 
 NOTHING, SCORES, SCORER = "nothing", "scores", "scorer"
@@ -89,6 +105,53 @@ def _answer_delta(item, units: np.ndarray, must_keep, context: MethodContext) ->
     return np.asarray(delta, dtype=np.float64)[groups.of_unit]
 
 
+ROLE_RANK = {
+    CONCLUSION: 6.0,
+    DEDUCTION: 5.0,
+    INITIALISING: 3.0,
+    EXPLORATION: 2.0,
+    VERIFICATION: 2.0,
+    UNCERTAINTY: 1.0,
+    BACKTRACKING: 0.0,
+}
+ABANDONED_RANK = 0.5  # a deduction a later backtrack revised
+REPEATED_CONCLUSION_RANK = 1.5  # "so the answer is 9" once more
+TIE_WEIGHT = 0.9  # a tie-breaker in [0, 1] moves a unit less than one rank
+
+
+def role_ranks(item: Item) -> np.ndarray:
+    """float [n]: each sentence's rank by its role (see the module doc)."""
+    roles = item.roles
+    rank = np.array([ROLE_RANK[r] for r in roles.role.tolist()])
+    rank[roles.abandoned] = ABANDONED_RANK
+    conclusions = np.flatnonzero(roles.role == CONCLUSION)
+    rank[conclusions[1:]] = REPEATED_CONCLUSION_RANK  # the answer's own unit is kept anyway
+    return rank
+
+
+def _within_record(values: np.ndarray) -> np.ndarray:
+    """`values` as ranks scaled to [0, 1] (ties share the lower rank)."""
+    if len(values) < 2:
+        return np.zeros(len(values))
+    order = np.searchsorted(np.sort(values), values, side="left")
+    return order / (len(values) - 1)
+
+
+def _role(tie_breaker: UnitImportance | None) -> UnitImportance:
+    """A unit's role rank (the character-weighted mean of its sentences'), plus a tie-breaker."""
+
+    def units_(item: Item, units: np.ndarray, must_keep, context: MethodContext) -> np.ndarray:
+        roles = item.roles
+        base = roles.of_units(units, role_ranks(item))
+        own = roles.of_units(units, 0.5 * roles.confidence + 0.5 * roles.novelty)
+        if tie_breaker is None:
+            return base + TIE_WEIGHT * own
+        other = _within_record(np.asarray(tie_breaker(item, units, must_keep, context), float))
+        return base + TIE_WEIGHT * (0.9 * other + 0.1 * own)
+
+    return units_
+
+
 _surprisal_tokens, _surprisal_units = _token_score("surprisal")
 _entropy_tokens, _entropy_units = _token_score("entropy")
 
@@ -104,6 +167,9 @@ CRITERIA: dict[str, Criterion] = {
         Criterion("surprisal", SCORES, _surprisal_tokens, _surprisal_units, aggregated=True),
         Criterion("entropy", SCORES, _entropy_tokens, _entropy_units, aggregated=True),
         Criterion("answer-delta", SCORER, unit=_answer_delta),
+        Criterion("role", NOTHING, unit=_role(None)),
+        Criterion("role+value-flow", NOTHING, unit=_role(_value_flow)),
+        Criterion("role+surprisal", SCORES, unit=_role(_surprisal_units), aggregated=True),
         Criterion("random", NOTHING, _random_tokens, _random_units),
     )
 }

@@ -15,6 +15,7 @@ import numpy as np
 from cd_fast.compress.config import CompressConfig
 from cd_fast.compress.item import Item, MethodContext, Selection
 from cd_fast.compress.methods import METHODS
+from cd_fast.compress.roles import ROLES, role_shares
 from cd_fast.compress.select import join_spans
 from cd_fast.compress.units import step_at
 from cd_fast.data import Trace
@@ -41,6 +42,7 @@ class RecordResult:
     kept_steps: int | None = None
     asked_tokens: int | None = None  # the record's share of the budget
     budget_miss: str | None = None  # why tokens_after misses asked_tokens, when it does
+    role_chars: dict[str, list[int | None]] | None = None  # role -> [chars before, chars kept]
 
 
 def adaptive_targets(lengths: np.ndarray, difficulty: np.ndarray, ratio: float) -> np.ndarray:
@@ -323,6 +325,13 @@ class Compressor:
                 text, restored = _expand(trace, text, selection.spans, answer)
                 action = "expanded"
         answer_kept = contains_answer(text, answer) if in_original else None
+        before = item.roles.chars()
+        if action == "original":
+            kept = before
+        elif selection.spans is not None:
+            kept = item.roles.chars([*selection.spans, *([restored] if restored else [])])
+        else:
+            kept = None  # a rewrite keeps no spans of the original
         meta = dict(trace.meta)
         meta["compression"] = {
             **self.method.describe(),
@@ -331,6 +340,7 @@ class Compressor:
             "kept_steps": selection.kept_steps,
             "answer_kept": answer_kept,
             "action": action,
+            "roles": role_shares(before, kept),
         }
         if c.adaptive:
             meta["compression"]["adaptive"] = True
@@ -338,6 +348,7 @@ class Compressor:
             meta["compression"]["explain"] = _dropped_report(
                 trace.trace, selection, action, restored
             )
+            meta["compression"]["explain"]["roles"] = _role_runs(item)
         if c.keep_original or c.explain:
             meta["original_trace"] = trace.trace
         return RecordResult(
@@ -351,7 +362,22 @@ class Compressor:
             answer_kept=answer_kept,
             action=action,
             kept_steps=selection.kept_steps,
+            role_chars={
+                role: [int(b), None if kept is None else int(kept[i])]
+                for i, (role, b) in enumerate(zip(ROLES, before.tolist(), strict=True))
+            },
         )
+
+
+def _role_runs(item: Item) -> list[list]:
+    """--explain: [start, end, role] over the original, one entry per run of a role."""
+    runs: list[list] = []
+    for (a, b), role in zip(item.roles.spans.tolist(), item.roles.names(), strict=True):
+        if runs and runs[-1][2] == role:
+            runs[-1][1] = b
+        else:
+            runs.append([a, b, role])
+    return runs
 
 
 def _dropped_report(

@@ -1,5 +1,6 @@
 """`cdfast report --html`: compressed traces written with `--explain` as one static page, kept
-text plain, dropped text struck through and coloured by its score (hover: score and reason)."""
+text plain, dropped text struck through and coloured by its score (hover: score and reason),
+each sentence underlined in the colour of its step role (`cd_fast.compress.roles`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from cd_fast.compress.roles import ROLES
 from cd_fast.data import Trace, TraceReader
 from cd_fast.data.writer import AtomicWriter
 
@@ -18,6 +20,18 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin: 1.6em 0 0.2em; }
 del { text-decoration: line-through; color: #333; }
 .legend span { padding: 0 0.5em; margin-right: 0.3em; }
 """
+ROLE_COLOURS = {
+    "initialising": "#999999",
+    "deduction": "#1a9850",
+    "verification": "#4575b4",
+    "backtracking": "#d73027",
+    "uncertainty": "#fdae61",
+    "exploration": "#9e60c0",
+    "conclusion": "#000000",
+}
+STYLE += "".join(
+    f".r-{role} {{ border-bottom: 2px solid {colour}; }}\n" for role, colour in ROLE_COLOURS.items()
+)
 
 
 def score_colour(score: float, low: float, high: float) -> str:
@@ -45,7 +59,23 @@ def explained_records(path: Path, limit: int) -> list[Trace]:
     return records
 
 
-def _body(original: str, dropped: list[dict[str, Any]]) -> str:
+def _with_roles(original: str, start: int, end: int, roles: list[list]) -> str:
+    """original[start:end], escaped, each piece inside a role run underlined in its colour."""
+    pieces, at = [], start
+    for a, b, role in roles:
+        a, b = max(a, start), min(b, end)
+        if b <= a:
+            continue
+        pieces.append(html.escape(original[at:a]))
+        text = html.escape(original[a:b])
+        pieces.append(f'<span class="r-{role}" title="{role}">{text}</span>')
+        at = b
+    pieces.append(html.escape(original[at:end]))
+    return "".join(pieces)
+
+
+def _body(original: str, dropped: list[dict[str, Any]], roles: list[list]) -> str:
+    """The original with each dropped span struck through, and role runs underlined."""
     scores = [d["score"] for d in dropped]
     low, high = (min(scores), max(scores)) if scores else (0.0, 0.0)
     pieces, at = [], 0
@@ -53,16 +83,28 @@ def _body(original: str, dropped: list[dict[str, Any]]) -> str:
         start, end = max(entry["start"], at), entry["end"]
         if end <= start:
             continue
-        pieces.append(html.escape(original[at:start]))
+        pieces.append(_with_roles(original, at, start, roles))
         tip = html.escape(f"score {entry['score']:g}: {entry['reason']}", quote=True)
         colour = score_colour(entry["score"], low, high)
         pieces.append(
             f'<del style="background:{colour}" title="{tip}">'
-            f"{html.escape(original[start:end])}</del>"
+            f"{_with_roles(original, start, end, roles)}</del>"
         )
         at = end
-    pieces.append(html.escape(original[at:]))
+    pieces.append(_with_roles(original, at, len(original), roles))
     return "".join(pieces)
+
+
+def _role_line(info: dict[str, Any]) -> str:
+    shares = info.get("roles")
+    if not shares or not shares.get("after"):
+        return ""
+    parts = [
+        f"{role} {shares['before'][role]:.0%} -> {shares['after'][role]:.0%}"
+        for role in ROLES
+        if shares["before"].get(role)
+    ]
+    return "; step roles (share of the text before -> after): " + ", ".join(parts)
 
 
 def render_html(records: list[Trace], title: str) -> str:
@@ -81,16 +123,21 @@ def render_html(records: list[Trace], title: str) -> str:
         )
         if info.get("budget_miss"):
             line += f"; budget missed: {info['budget_miss']}"
+        line += _role_line(info)
+        explain = info["explain"]
         sections.append(
             f"<h2>{html.escape(record.id)}</h2>\n<div class=meta>{html.escape(line)}</div>\n"
-            f"<div class=trace>{_body(record.meta['original_trace'], info['explain']['dropped'])}"
+            f"<div class=trace>"
+            f"{_body(record.meta['original_trace'], explain['dropped'], explain.get('roles', []))}"
             "</div>"
         )
     legend = (
         "<p class=legend>kept text is plain; dropped text is struck through, coloured by its "
         f'score: <span style="background:{score_colour(0, 0, 1)}">lowest</span>'
         f'<span style="background:{score_colour(1, 0, 1)}">highest</span> (hover for the '
-        "score and the reason)</p>"
+        "score and the reason); each sentence is underlined in the colour of its step role: "
+        + " ".join(f'<span class="r-{role}">{role}</span>' for role in ROLE_COLOURS)
+        + "</p>"
     )
     return (
         f"<!doctype html>\n<html><head><meta charset=utf-8><title>{html.escape(title)}</title>"

@@ -3,6 +3,7 @@ and the `MethodContext` the Compressor shares with every method and criterion.""
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cd_fast.compress.roles import StepRoles, tag_roles
 from cd_fast.data import Trace
 from cd_fast.score.store import RecordScores
 
@@ -30,6 +32,11 @@ class Item:
     @property
     def steps(self) -> np.ndarray:
         return np.asarray(self.trace.steps, dtype=np.int64).reshape(-1, 2)
+
+    @functools.cached_property
+    def roles(self) -> StepRoles:
+        """The role of each sentence (`cd_fast.compress.roles`), tagged once per record."""
+        return tag_roles(self.trace.trace, self.steps, self.trace.question or "", self.answer)
 
     @property
     def scored_offsets(self) -> np.ndarray:

@@ -29,6 +29,7 @@ import numpy as np
 from cd_fast.compress.config import CompressConfig
 from cd_fast.compress.criteria import CRITERIA, SCORER
 from cd_fast.compress.engine import Compressor, RecordResult
+from cd_fast.compress.roles import role_summary
 from cd_fast.data import AtomicWriter, ReadConfig, Trace, TraceReader, dumps_record
 from cd_fast.runs import RunFolder, job_manifest
 from cd_fast.runtime import batched
@@ -47,6 +48,7 @@ STATE_FIELDS = (
     "kept_steps",
     "asked_tokens",
     "budget_miss",
+    "role_chars",
 )
 
 
@@ -98,6 +100,7 @@ def summarize(rows: list[dict[str, Any]], seconds: dict[str, float], engine: Com
         + actions["original"]
         + actions["dropped"],
         **{f"records_{action}": count for action, count in actions.items()},
+        "roles": role_summary([r["role_chars"] for r in kept if r.get("role_chars")]),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "traces_per_s": round(len(rows) / total_seconds, 3) if total_seconds else None,
         "tokens_per_s": round(before / total_seconds, 1) if total_seconds else None,

@@ -178,6 +178,7 @@ class _UnitView:
     unit_tokens: np.ndarray  # [k] counted tokens per unit
     importance: np.ndarray  # [k]
     must_keep: np.ndarray  # bool [k]: the units stating the answer
+    roles: list[str] | None = None  # --explain: each unit's step role
 
 
 class StepPruning(Method):
@@ -208,7 +209,8 @@ class StepPruning(Method):
         unit_tokens = np.bincount(token_steps(item.offsets, units), minlength=len(units))
         must_keep = answer_units(text, units, item.answer)
         importance = self.criterion.unit(item, units, must_keep, self.context)
-        return _UnitView(units, unit_tokens, np.asarray(importance, np.float64), must_keep)
+        roles = item.roles.unit_roles(units) if self.config.explain else None
+        return _UnitView(units, unit_tokens, np.asarray(importance, np.float64), must_keep, roles)
 
     def floor(self, item: Item, view: _UnitView) -> int:
         return int(view.unit_tokens[view.must_keep].sum())
@@ -237,7 +239,15 @@ class StepPruning(Method):
             else:
                 reason = f"{name} {score:.3g} below the lowest kept, {cut:.3g}"
             a, b = view.units[i].tolist()
-            entries.append({"start": a, "end": b, "score": round(score, 4), "reason": reason})
+            entries.append(
+                {
+                    "start": a,
+                    "end": b,
+                    "score": round(score, 4),
+                    "reason": f"{view.roles[i]} step: {reason}",
+                    "role": view.roles[i],
+                }
+            )
         return entries
 
 

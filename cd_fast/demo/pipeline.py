@@ -2,9 +2,9 @@
 
 data (generated, or --traces) -> tokenizer (BPE trained here) -> student trained on the
 original traces, which also serves as the scorer -> score -> compress at each budget: token
-pruning, step pruning (value flow), truncation to the step-pruned lengths (rewrite with
---rewriter) -> a student per compressed set, from the same init -> eval of every student ->
-the paper-style table, relative to the original, and plots.
+pruning, step pruning (value flow, and by step roles), truncation to the step-pruned lengths
+(rewrite with --rewriter) -> a student per compressed set, from the same init -> eval of every
+student -> the paper-style table, relative to the original, and plots.
 
 A stop signal (SIGTERM, Ctrl-C) ends the demo after the current training step's checkpoint, or
 after the current stage elsewhere (`DemoStopped`); `resume=True` (`--resume`) continues it:
@@ -205,9 +205,10 @@ def _compress(
         common = {"scorer": scorer, "scores": scores, "explain": True}
         token = compress(traces, "token", budget, criterion="surprisal", **common)
         step = compress(traces, "step", budget, criterion=STEP_CRITERION, **common)
+        step_role = compress(traces, "step", budget, criterion="role", **common)
         lengths = {r.id: r.meta["compression"]["tokens"] for r in step.records}
         truncate = compress(traces, "truncate", budget, match_lengths=lengths, **common)
-        found = {"token": token, "step": step, "truncate": truncate}
+        found = {"token": token, "step": step, "step-role": step_role, "truncate": truncate}
         if backend is not None:
             print(f"\n== rewriting with {rewriter} at budget {budget}", flush=True)
             found["rewrite"] = compress(

@@ -108,6 +108,28 @@ def _plots(rows: list[dict[str, Any]], out_dir: Path, stem: str) -> list[str]:
     return [path.name]
 
 
+def role_table(run_dir: Path) -> str | None:
+    """Markdown: per compressed set, each step role's share of the text before -> after
+    (`cdfast compress` summaries in data/sets.json); None when the run has none."""
+    path = Path(run_dir) / "data" / "sets.json"
+    if not path.is_file():
+        return None
+    sets = json.loads(path.read_text())
+    found = {name: s["summary"]["roles"] for name, s in sets.items() if s["summary"].get("roles")}
+    if not found:
+        return None
+    roles = list(next(iter(found.values())))
+    lines = ["| set | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+    for name, shares in found.items():
+        cells = []
+        for role in roles:
+            share = shares[role]
+            after = "?" if share["after"] is None else f"{share['after']:.0%}"
+            cells.append(f"{share['before']:.0%} -> {after}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(run_dirs: list[Path], output: Path) -> str:
     """Write the markdown report (and its PNGs beside it); returns the first run's table."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -126,5 +148,11 @@ def write_report(run_dirs: list[Path], output: Path) -> str:
             "tokens: the student's mean answer length on the held-out questions.\n"
         )
         parts += [f"![{p}]({p})\n" for p in plots]
+        roles = role_table(run_dir)
+        if roles:
+            parts.append(
+                "What each compressed set did to the traces' step roles (share of the text "
+                f"before -> after, `cd_fast.compress.roles`):\n\n{roles}\n"
+            )
     output.write_text("\n".join(parts), encoding="utf-8")
     return first_table

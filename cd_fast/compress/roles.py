@@ -1,0 +1,350 @@
+"""Step roles: what each sentence of a reasoning trace does, from its wording and its place.
+
+Seven roles (tests/data/roles/RUBRIC.md defines each with examples):
+
+  initialising  the opening, restating the question or its givens, the plan before any result
+  deduction     a step forward: a computation, an inference, a recalled fact, a candidate
+  verification  re-checking a result already reached (a recap, a recount, "Yes, that's right")
+  backtracking  revising or abandoning an earlier step ("Wait, no", "I made a mistake")
+  uncertainty   hesitation without new content ("Hmm.", "Is that right?", "I'm not sure")
+  exploration   an alternative reading or approach, a hypothesis, and its rejection
+  conclusion    stating the final answer, or wrapping up ("So the answer is 670.")
+
+The tagger needs no model: a lexicon of English and Chinese reasoning cues at the head of the
+sentence picks the role; where no cue speaks, the sentence's relation to what came before does.
+It restates the question when its content words are the question's; it continues a check (no new
+number, no forward transition) after a verification cue or once the answer was stated; it redoes
+a step after a backtrack, and the deduction right before a backtrack is marked abandoned. Every
+sentence gets a confidence (how direct the evidence was). Deterministic, linear in the text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from cd_fast.compress.backbone import number_value, numbers
+from cd_fast.formats import answer_position
+
+ROLES = (
+    "initialising",
+    "deduction",
+    "verification",
+    "backtracking",
+    "uncertainty",
+    "exploration",
+    "conclusion",
+)
+INITIALISING, DEDUCTION, VERIFICATION, BACKTRACKING, UNCERTAINTY, EXPLORATION, CONCLUSION = range(
+    len(ROLES)
+)
+CODES = "IDVBUEC"
+"""One letter per role, in ROLES order (the labelled test set writes roles with them)."""
+
+_LEAD = (
+    r"^[\W_]*(?:(?:okay|ok|alright|all right|hmm+|wait|so|but|and|oh|well|now|hold on)"
+    r"[,.!]*\s+)*"
+)
+
+
+def _cues(*patterns: str) -> re.Pattern:
+    """One pattern for lowercased text (case-insensitive matching is about twice as slow)."""
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+_INTERJECTION = re.compile(r"^[\W_]*(?:hmm+|wait|hold on|uh+|um+|嗯+|等等|等一下)[\W_]*$")
+
+_BACKTRACK = _cues(
+    _LEAD + r"(?:no|nope)\b[,.!]",
+    r"^[\W_]*(?:wait|hmm+|oh|oops|hold on)[,.!]*\s+(?:no\b|actually\b|that'?s (?:not|wrong))",
+    r"\b(?:i (?:think i )?(?:made a mistake|made an error|messed up|miscalculated|misread)"
+    r"|that(?:'s| is| was) (?:wrong|incorrect|not (?:right|correct))|scratch that|my mistake"
+    r"|i was wrong|let me (?:start over|redo|correct|re-?examine|re-?evaluate|re-?calculate|"
+    r"re-?do|reconsider)|correction:|that'?s a mistake)\b",
+    r"不对|错了|算错|搞错|弄错|重新(?:计算|考虑|来|算)|更正",
+)
+_UNCERTAIN = _cues(
+    r"\b(?:i'?m not (?:sure|certain|entirely (?:sure|certain))|not sure|unsure|i'?m confused"
+    r"|am i (?:right|sure|missing)|is (?:that|this) (?:right|correct)\?|that can'?t be(?: right)?"
+    r"|(?:doesn'?t|does not|didn'?t) (?:add up|make sense|seem right)|i might be wrong"
+    r"|maybe i'?m (?:\w+ing)|i(?:'m| am) (?:mixing|missing|overcomplicating|overthinking)"
+    r"|or was it|or is it|i wonder|i'?m not certain|maybe i made a mistake"
+    r"|(?:let me|i need to|i should) (?:think|try to (?:think|remember|recall)|recall) "
+    r"(?:again|more carefully)|let me (?:try to )?remember)\b",
+    _LEAD + r"let me think(?: about (?:this|it))?(?: again)?[.!]*$",
+    r"(?:,|\s)(?:right|correct|isn'?t it|no|yes)\?\s*$",
+    # a statement put as a question: "So Eve can't be in 2?", "Wait, so that's three 'a's?"
+    r"^[\W_]*(?:wait|so|but|then|hmm+|or)\b[^?]*\?\s*$",
+    r"\b(?:maybe|perhaps) (?:there'?s|this is|it'?s) a trick|\btrick question\b"
+    r"|\b(?:wait|but),? (?:but |wait,? )?(?:sometimes|maybe i|that seems too|that might not)"
+    r"|\bmaybe i (?:was|am|made|need|should double)|\b(?:let me try to|i need to) recall\b"
+    r"|\bmight not (?:add up|be right|work)|\btoo (?:straightforward|easy|simple)\b",
+    r"不确定|不太确定|也许|是不是|对吗|对不对|吗[？?]\s*$|糊涂",
+)
+_VERIFY = _cues(
+    r"\b(?:let me|let'?s|i'?ll|i should|i need to|i want to|just to|to|i must|i have to)"
+    r" (?:\w+ )?(?:double[- ]check|check|verify|confirm|make sure|be sure|ensure|recap|recount"
+    r"|re-?verify|cross[- ]check|count again)\b",
+    r"\b(?:check(?:ing)? (?:it |that |this )?again|once more|to be (?:sure|safe)|sanity check"
+    r"|double[- ]check(?:ing)?|verify(?:ing)? (?:each|the|my))\b",
+    _LEAD + r"(?:yes|yep|yeah|yup|correct|right|good|great|perfect|exactly|indeed)\b",
+    r"\b(?:that|this|it|which|everything) (?:all )?(?:checks out|seems (?:right|correct|okay|"
+    r"consistent|to (?:work|fit|check out))|is (?:correct|right|consistent)|'?s (?:correct|right)"
+    r"|works|matches|makes sense|adds up|fits|holds)\b",
+    r"\b(?:seems|looks) (?:right|correct|good|okay|consistent)\b",
+    r"\b(?:all (?:the )?(?:constraints|conditions|clues) (?:are )?(?:satisfied|met|hold))\b",
+    r"\bi (?:don'?t|do not) (?:think|see) (?:i made |there (?:is|are) )?any (?:\w+ )?"
+    r"(?:mistakes?|errors?)\b",
+    r"\bsame (?:result|answer)\b",
+    r"验证|检查|确认|核对|没错|正确|没问题",
+)
+_EXPLORE = _cues(
+    _LEAD + r"(?:alternatively|another (?:approach|way|thought|angle|idea|possibility|"
+    r"interpretation)|what if|what about|suppose|let'?s (?:say|assume|suppose)|assume|"
+    r"or maybe|or perhaps|unless|could (?:it|there|the|this|they|he|she)|is (?:there|it possible)|"
+    r"maybe (?:the (?:question|problem|user|puzzle)|it'?s (?:a trick|the other)|they|there'?s|"
+    r"i should (?:consider|try|think))|perhaps (?:the|it|they|there)|"
+    r"let me (?:consider|try|think of) (?:another|a different|other)|i should (?:also )?consider"
+    r"|(?:for example|like), maybe)",
+    r"\banother angle\b",
+    r"或者|另一种|换个(?:思路|方法|角度)|假设|试试",
+)
+_CONCLUDE = _cues(
+    r"\b(?:the (?:final |correct )?answer (?:is|should be|would be|must be|will be)"
+    r"|answer:|final answer|therefore,? the answer|so,? the answer)",
+    r"\\boxed",
+    _LEAD + r"(?:i think )?(?:that'?s|this is) (?:it|the answer|all|correct answer)\b",
+    _LEAD + r"(?:i think )?that should (?:be it|do it|be correct|be the answer)\b",
+    r"\b(?:i'?ll (?:format|go with|answer|write|send|present|respond)|time to (?:send|answer|"
+    r"respond|write)|i need to end with|end with the (?:specified|required))\b",
+    r"答案是|所以答案|最终答案|综上",
+)
+_OPENING = _cues(
+    r"^[\W_]*(?:okay|ok|alright|all right|well)[,.!]*\s*(?:so|let'?s see|let me see|hmm+)?[,.!]*$",
+    r"\b(?:the (?:question|problem|user|puzzle|task|prompt) (?:is|says|asks|wants|states|"
+    r"mentions|specified|specifies|gives)|we need to (?:find|figure|determine|work out)"
+    r"|the key (?:points?|here) (?:is|are)"
+    r"|(?:they|the user) (?:specified|want|wants|said|asked|is asking))\b",
+    r"题目|问题是|要求",
+)
+_PLAN = _cues(
+    r"\b(?:i need to|i should|i'?ll|let me|let'?s|we need to|i have to|i must|first,)\b",
+    r"首先|我们需要|我需要|先",
+)
+_FORWARD = _cues(
+    _LEAD + r"(?:next|then|now|first|second|third|finally|moving|case \d|so now|after that)\b",
+)
+_CONNECTIVE = _cues(
+    r"\b(?:so|therefore|thus|hence|then|because|since|means|gives|equals|is|are)\b|=|[+\-*/×÷]"
+)
+_INFERENCE = _cues(
+    r"\b(?:then|therefore|thus|hence|means|must|would|because|since|if|implies)\b|所以|因此|如果"
+)
+_WORD = re.compile(r"[^\W\d_]{3,}|[\u4e00-\u9fff]")
+_STOP = frozenset(
+    str.split(
+        "the and that this with for are was were has have had not but you your they them their "
+        "there then than what which who whom when where how why let its it's i'm i've i'll does "
+        "did done doing from into onto about also just very much many more most some any each "
+        "other such only own same too can could should would will shall may might must being been "
+        "because since like okay wait hmm yes yeah yep right sure think see know make sure check "
+        "again need want now so next first second third finally initially starting start also "
+        "let's says say given problem question there's here"
+    )
+)
+
+
+@dataclass
+class StepRoles:
+    """The role of each sentence of a trace."""
+
+    spans: np.ndarray  # [n, 2] character offsets of the sentences
+    role: np.ndarray  # int8 [n], indices into ROLES
+    confidence: np.ndarray  # float [n] in (0, 1]
+    abandoned: np.ndarray  # bool [n]: a deduction a later backtrack revised
+    novelty: np.ndarray  # float [n]: share of its content words not seen earlier
+
+    def names(self) -> list[str]:
+        return [ROLES[r] for r in self.role.tolist()]
+
+    def chars(self, spans: list[tuple[int, int]] | None = None) -> np.ndarray:
+        """int64 [len(ROLES)]: characters of each role, inside `spans` when given."""
+        out = np.zeros(len(ROLES), dtype=np.int64)
+        for (a, b), role in zip(self.spans.tolist(), self.role.tolist(), strict=True):
+            if spans is None:
+                out[role] += b - a
+            else:
+                out[role] += sum(max(0, min(b, e) - max(a, s)) for s, e in spans)
+        return out
+
+    def of_units(self, units: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """float [k]: each unit's character-weighted mean of its sentences' `values`."""
+        weighted, size = np.zeros(len(units)), np.zeros(len(units))
+        starts = units[:, 0]
+        for (a, b), value in zip(self.spans.tolist(), values.tolist(), strict=True):
+            first = max(int(np.searchsorted(starts, a, side="right")) - 1, 0)
+            for u in range(first, len(units)):
+                s, e = units[u].tolist()
+                if s >= b:
+                    break
+                overlap = min(b, e) - max(a, s)
+                if overlap > 0:
+                    weighted[u] += overlap * value
+                    size[u] += overlap
+        return np.divide(weighted, size, out=np.zeros(len(units)), where=size > 0)
+
+    def unit_roles(self, units: np.ndarray) -> list[str]:
+        """The role covering most of each unit's characters."""
+        shares = np.stack(
+            [self.of_units(units, (self.role == r).astype(float)) for r in range(len(ROLES))]
+        )
+        return [ROLES[r] for r in shares.argmax(axis=0).tolist()]
+
+
+def _content_words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower())) - _STOP
+
+
+def _values(text: str) -> set[str]:
+    return {number_value(m.group()) for m in numbers(text)}
+
+
+# The cues in the order they are tried (a sentence with two takes the first) and how sure each is.
+_CUES = (
+    (_INTERJECTION, UNCERTAINTY, 0.9),
+    (_BACKTRACK, BACKTRACKING, 0.85),
+    (_CONCLUDE, CONCLUSION, 0.85),
+    (_UNCERTAIN, UNCERTAINTY, 0.75),
+    (_VERIFY, VERIFICATION, 0.8),
+    (_EXPLORE, EXPLORATION, 0.7),
+)
+
+
+def _cue_role(sentence: str) -> tuple[int, float] | None:
+    """The role a cue at the (lowercased) sentence names, and how sure the cue is; None
+    without one."""
+    for pattern, role, confidence in _CUES:
+        if pattern.search(sentence):
+            return role, confidence
+    return None
+
+
+def tag_roles(
+    text: str, sentences: np.ndarray, question: str = "", answer: str | None = None
+) -> StepRoles:
+    """The role of each sentence ([n, 2] character offsets, the segmenter's steps) of `text`;
+    `question` and the final `answer` (when known) let restatements and conclusions be told."""
+    sentences = np.asarray(sentences, dtype=np.int64).reshape(-1, 2)
+    n = len(sentences)
+    role = np.full(n, DEDUCTION, dtype=np.int8)
+    confidence = np.full(n, 0.4)
+    abandoned = np.zeros(n, dtype=bool)
+    novelty = np.zeros(n)
+    question_words, question_values = _content_words(question), _values(question)
+    seen_words, seen_values = set(question_words), set(question_values)
+    answer_at = answer_position(text, answer) if answer else None
+    started = answer_stated = False  # a first result / the answer already came
+    region = None  # the role un-cued sentences continue (verification, exploration, ...)
+    region_left = 0
+    previous_end = 0
+    lowered = text.lower()
+    same_offsets = len(lowered) == len(text)  # a few letters lower into two characters
+    for i, (a, b) in enumerate(sentences.tolist()):
+        sentence = (lowered[a:b] if same_offsets else text[a:b].lower()).strip()
+        new_paragraph = "\n\n" in text[previous_end:a] or "\n\n" in text[a : a + 2]
+        previous_end = b
+        words, values = _content_words(sentence), _values(sentence)
+        novelty[i] = len(words - seen_words) / len(words) if words else 0.0
+        new_values = values - seen_values
+        known_values = set(seen_values)
+        seen_words |= words
+        seen_values |= values
+        restates = (
+            bool(words)
+            and len(words - question_words) <= 0.2 * len(words)
+            and not new_values
+            and not _INFERENCE.search(sentence)
+        )
+        # a check goes over what is known: its result (last number) is one reached before, or
+        # without numbers, few new words
+        found = numbers(sentence)
+        if found:
+            rechecks = number_value(found[-1].group()) in known_values or not new_values
+        else:
+            rechecks = novelty[i] < 0.5
+        if region != VERIFICATION and _FORWARD.search(sentence):
+            rechecks = False
+        states_answer = answer_at is not None and a <= answer_at < b
+        cue = _cue_role(sentence)
+        if new_paragraph and region in (VERIFICATION, EXPLORATION):
+            region = None
+        if cue is not None:
+            role[i], confidence[i] = cue
+            if cue[0] == CONCLUSION and answer_stated and not states_answer:
+                confidence[i] = 0.7
+            region = cue[0] if cue[0] in (VERIFICATION, EXPLORATION, BACKTRACKING) else None
+            region_left = 3 if cue[0] == EXPLORATION else 0
+            if cue[0] == BACKTRACKING:
+                for j in range(i - 1, max(i - 3, -1), -1):
+                    if role[j] != DEDUCTION:
+                        break
+                    abandoned[j] = True
+        elif not started and (restates or _OPENING.search(sentence) or _PLAN.search(sentence)):
+            role[i], confidence[i] = INITIALISING, 0.7 if _OPENING.search(sentence) else 0.55
+        elif _OPENING.search(sentence) and not new_values:
+            role[i], confidence[i] = INITIALISING, 0.6
+        elif region == EXPLORATION and region_left > 0 and len(sentence) < 160:
+            role[i], confidence[i] = EXPLORATION, 0.5
+            region_left -= 1
+        elif (region == VERIFICATION or answer_stated) and rechecks:
+            role[i], confidence[i] = VERIFICATION, 0.55 if region == VERIFICATION else 0.45
+        elif restates:
+            role[i], confidence[i] = INITIALISING, 0.5
+        else:
+            role[i] = DEDUCTION
+            confidence[i] = 0.6 if (new_values or _CONNECTIVE.search(sentence)) else 0.4
+            region = None
+        if states_answer and role[i] in (DEDUCTION, VERIFICATION, INITIALISING):
+            role[i], confidence[i] = CONCLUSION, 0.6
+        if role[i] not in (INITIALISING, UNCERTAINTY, EXPLORATION):
+            started = True
+        if role[i] == CONCLUSION:
+            answer_stated = True
+    return StepRoles(sentences, role, confidence, abandoned, novelty)
+
+
+def role_shares(before: np.ndarray, kept: np.ndarray | None) -> dict[str, dict[str, float] | None]:
+    """Each role's share of the characters before and after compression (`StepRoles.chars`
+    counts; `kept` None: unknown, as for a rewrite)."""
+
+    def shares(chars: np.ndarray) -> dict[str, float]:
+        total = max(int(chars.sum()), 1)
+        return {role: round(n / total, 4) for role, n in zip(ROLES, chars.tolist(), strict=True)}
+
+    return {"before": shares(before), "after": None if kept is None else shares(kept)}
+
+
+def role_summary(rows: list[dict[str, list[int | None]]]) -> dict[str, dict[str, float | None]]:
+    """Dataset level, from each record's {role: [chars before, chars kept]}: each role's share
+    before and after, and the fraction of its characters kept (None where unknown)."""
+    before = np.zeros(len(ROLES))
+    kept = np.zeros(len(ROLES))
+    known = bool(rows)
+    for row in rows:
+        for i, role in enumerate(ROLES):
+            b, k = row[role]
+            before[i] += b
+            if k is None:
+                known = False
+            else:
+                kept[i] += k
+    out = {}
+    for i, role in enumerate(ROLES):
+        out[role] = {
+            "before": round(float(before[i] / max(before.sum(), 1)), 4),
+            "after": round(float(kept[i] / max(kept.sum(), 1)), 4) if known else None,
+            "kept": round(float(kept[i] / max(before[i], 1)), 4) if known else None,
+        }
+    return out
