@@ -10,7 +10,13 @@ import json
 import numpy as np
 import pytest
 
-from bench.roles import LABELS, criterion_rows, kept_by_role, labelled_traces, tagger_agreement
+from cd_fast.bench.roles import (
+    LABELS,
+    criterion_rows,
+    kept_by_role,
+    labelled_traces,
+    tagger_agreement,
+)
 from cd_fast.compress import compress
 from cd_fast.compress.config import CompressConfig
 from cd_fast.compress.criteria import METHOD_CRITERIA

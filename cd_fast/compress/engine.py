@@ -15,7 +15,7 @@ import numpy as np
 from cd_fast.compress.config import CompressConfig
 from cd_fast.compress.item import Item, MethodContext, Selection
 from cd_fast.compress.methods import METHODS
-from cd_fast.compress.roles import ROLES, role_shares
+from cd_fast.compress.roles import ROLES, role_shares, tag_roles
 from cd_fast.compress.select import join_spans
 from cd_fast.compress.units import step_at
 from cd_fast.data import Trace
@@ -142,27 +142,39 @@ class Compressor:
         return found
 
     def items(self, traces: list[Trace]) -> list[Item]:
-        """The records as Items: steps segmented, counted, scored."""
+        """The records as Items: steps segmented, counted, scored, their step roles tagged."""
         missing = [i for i, t in enumerate(traces) if t.steps is None]
         if missing:
             segmented = segment_steps([traces[i].trace for i in missing])
             traces = list(traces)
             for i, steps in zip(missing, segmented, strict=True):
                 traces[i] = dataclasses.replace(traces[i], steps=steps.tolist())
+        answers = [final_answer(t.gold, t.answer, t.trace) for t in traces]
         encoded = self.counter(
             [t.trace for t in traces], add_special_tokens=False, return_offsets_mapping=True
         )
         scores = self._record_scores(traces)
+        roles = [
+            tag_roles(t.trace, np.asarray(t.steps, dtype=np.int64), t.question or "", answer)
+            for t, answer in zip(traces, answers, strict=True)
+        ]
         return [
             Item(
                 trace=trace,
                 count=len(ids),
                 offsets=np.asarray(offsets, dtype=np.int64).reshape(-1, 2),
                 scores=record_scores,
-                answer=final_answer(trace.gold, trace.answer, trace.trace),
+                answer=answer,
+                roles=record_roles,
             )
-            for trace, ids, offsets, record_scores in zip(
-                traces, encoded["input_ids"], encoded["offset_mapping"], scores, strict=True
+            for trace, ids, offsets, record_scores, answer, record_roles in zip(
+                traces,
+                encoded["input_ids"],
+                encoded["offset_mapping"],
+                scores,
+                answers,
+                roles,
+                strict=True,
             )
         ]
 

@@ -3,7 +3,6 @@ and the `MethodContext` the Compressor shares with every method and criterion.""
 
 from __future__ import annotations
 
-import functools
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cd_fast.compress.roles import StepRoles, tag_roles
+from cd_fast.compress.roles import StepRoles
 from cd_fast.data import Trace
 from cd_fast.score.store import RecordScores
 
@@ -28,15 +27,11 @@ class Item:
     offsets: np.ndarray  # [count, 2] character offsets of those tokens
     scores: RecordScores | None  # the scorer's token/step scores (None when not needed)
     answer: str | None  # the final answer the compressed trace must keep
+    roles: StepRoles  # the role of each sentence (`cd_fast.compress.roles`)
 
     @property
     def steps(self) -> np.ndarray:
         return np.asarray(self.trace.steps, dtype=np.int64).reshape(-1, 2)
-
-    @functools.cached_property
-    def roles(self) -> StepRoles:
-        """The role of each sentence (`cd_fast.compress.roles`), tagged once per record."""
-        return tag_roles(self.trace.trace, self.steps, self.trace.question or "", self.answer)
 
     @property
     def scored_offsets(self) -> np.ndarray:

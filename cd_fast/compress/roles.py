@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cd_fast.compress.backbone import number_value, numbers
+from cd_fast.compress.backbone import number_value, numbers_in
 from cd_fast.formats import answer_position
 
 ROLES = (
@@ -43,103 +43,196 @@ INITIALISING, DEDUCTION, VERIFICATION, BACKTRACKING, UNCERTAINTY, EXPLORATION, C
 CODES = "IDVBUEC"
 """One letter per role, in ROLES order (the labelled test set writes roles with them)."""
 
+
+@dataclass(frozen=True)
+class _Cue:
+    """A role's cue phrases, split so that most sentences cost almost nothing: `head` patterns
+    are anchored at the sentence's start (tried with `match`, failing at once); `free` ones may
+    match anywhere and are searched only in a sentence holding one of `triggers`, substrings
+    every free pattern needs (checked once per trace)."""
+
+    role: int
+    confidence: float
+    head: re.Pattern | None
+    free: re.Pattern | None
+    triggers: tuple[str, ...] = ()
+
+    def matches(self, sentence: str, triggered: bool) -> bool:
+        """Whether the (lowercased) sentence holds the cue; `triggered`: one of its triggers."""
+        if self.head is not None and self.head.match(sentence):
+            return True
+        return triggered and self.free is not None and self.free.search(sentence) is not None
+
+
+def _join(*patterns: str) -> re.Pattern | None:
+    """One pattern for lowercased text (case-insensitive matching is about twice as slow)."""
+    return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+
+
+def _cue(role: int, confidence: float, head=(), free=(), triggers: str = "", zh=()) -> _Cue:
+    """A _Cue; `triggers` separated by "|", `zh` the Chinese cues (their own triggers)."""
+    words = tuple(triggers.split("|")) if triggers else ()
+    return _Cue(role, confidence, _join(*head), _join(*free), (*words, *zh))
+
+
 _LEAD = (
-    r"^[\W_]*(?:(?:okay|ok|alright|all right|hmm+|wait|so|but|and|oh|well|now|hold on)"
+    r"[\W_]*(?:(?:okay|ok|alright|all right|hmm+|wait|so|but|and|oh|well|now|hold on)"
     r"[,.!]*\s+)*"
 )
+_ZH_WRONG = ("不对", "错了", "算错", "搞错", "弄错", "重新", "更正")
+_ZH_UNSURE = ("不确定", "不太确定", "也许", "是不是", "对吗", "对不对", "吗", "糊涂")
+_ZH_CHECK = ("验证", "检查", "确认", "核对", "没错", "正确", "没问题")
+_ZH_OTHER = ("或者", "另一种", "换个", "假设", "试试")
+_ZH_DONE = ("答案是", "所以答案", "最终答案", "综上")
 
-
-def _cues(*patterns: str) -> re.Pattern:
-    """One pattern for lowercased text (case-insensitive matching is about twice as slow)."""
-    return re.compile("|".join(f"(?:{p})" for p in patterns))
-
-
-_INTERJECTION = re.compile(r"^[\W_]*(?:hmm+|wait|hold on|uh+|um+|嗯+|等等|等一下)[\W_]*$")
-
-_BACKTRACK = _cues(
-    _LEAD + r"(?:no|nope)\b[,.!]",
-    r"^[\W_]*(?:wait|hmm+|oh|oops|hold on)[,.!]*\s+(?:no\b|actually\b|that'?s (?:not|wrong))",
-    r"\b(?:i (?:think i )?(?:made a mistake|made an error|messed up|miscalculated|misread)"
-    r"|that(?:'s| is| was) (?:wrong|incorrect|not (?:right|correct))|scratch that|my mistake"
-    r"|i was wrong|let me (?:start over|redo|correct|re-?examine|re-?evaluate|re-?calculate|"
-    r"re-?do|reconsider)|correction:|that'?s a mistake)\b",
-    r"不对|错了|算错|搞错|弄错|重新(?:计算|考虑|来|算)|更正",
+# The cues in the order they are tried (a sentence with two takes the first) and how sure each is.
+_CUES = (
+    _cue(UNCERTAINTY, 0.9, head=[r"[\W_]*(?:hmm+|wait|hold on|uh+|um+|嗯+|等等|等一下)[\W_]*$"]),
+    _cue(
+        BACKTRACKING,
+        0.85,
+        head=[
+            _LEAD + r"(?:no|nope)\b[,.!]",
+            r"[\W_]*(?:wait|hmm+|oh|oops|hold on)[,.!]*\s+"
+            r"(?:no\b|actually\b|that'?s (?:not|wrong))",
+        ],
+        free=[
+            r"\b(?:i (?:think i )?(?:made a mistake|made an error|messed up|miscalculated|misread)"
+            r"|that(?:'s| is| was) (?:wrong|incorrect|not (?:right|correct))|scratch that"
+            r"|my mistake|i was wrong|let me (?:start over|redo|correct|re-?examine|re-?evaluate"
+            r"|re-?calculate|re-?do|reconsider)|correction:|that'?s a mistake)\b",
+            "|".join(_ZH_WRONG),
+        ],
+        triggers=(
+            "mistake|error|messed|miscalc|misread|wrong|incorrect|not right|not correct|"
+            "scratch|let me|correction"
+        ),
+        zh=_ZH_WRONG,
+    ),
+    _cue(
+        CONCLUSION,
+        0.85,
+        head=[
+            _LEAD + r"(?:i think )?(?:that'?s|this is) (?:it|the answer|all|correct answer)\b",
+            _LEAD + r"(?:i think )?that should (?:be it|do it|be correct|be the answer)\b",
+        ],
+        free=[
+            r"\b(?:the (?:final |correct )?answer (?:is|should be|would be|must be|will be)"
+            r"|answer:|final answer|therefore,? the answer|so,? the answer)",
+            r"\\boxed",
+            r"\b(?:i'?ll (?:format|go with|answer|write|send|present|respond)|time to (?:send|"
+            r"answer|respond|write)|i need to end with|end with the (?:specified|required))\b",
+            "|".join(_ZH_DONE),
+        ],
+        triggers="answer|\\boxed|ll |time to|end with",
+        zh=_ZH_DONE,
+    ),
+    _cue(
+        UNCERTAINTY,
+        0.75,
+        head=[
+            _LEAD + r"let me think(?: about (?:this|it))?(?: again)?[.!]*$",
+            # a statement put as a question: "So Eve can't be in 2?", "Wait, so that's 3 'a's?"
+            r"[\W_]*(?:wait|so|but|then|hmm+|or)\b[^?]*\?\s*$",
+        ],
+        free=[
+            r"\b(?:i'?m not (?:sure|certain|entirely (?:sure|certain))|not sure|unsure"
+            r"|i'?m confused|am i (?:right|sure|missing)|is (?:that|this) (?:right|correct)\?"
+            r"|that can'?t be(?: right)?|(?:doesn'?t|does not|didn'?t) (?:add up|make sense|"
+            r"seem right)|i might be wrong|maybe i'?m (?:\w+ing)|i(?:'m| am) (?:mixing|missing|"
+            r"overcomplicating|overthinking)|or was it|or is it|i wonder|i'?m not certain"
+            r"|maybe i made a mistake|(?:let me|i need to|i should) (?:think|try to (?:think|"
+            r"remember|recall)|recall) (?:again|more carefully)|let me (?:try to )?remember)\b",
+            r"(?:,|\s)(?:right|correct|isn'?t it|no|yes)\?\s*$",
+            r"\b(?:maybe|perhaps) (?:there'?s|this is|it'?s) a trick|\btrick question\b"
+            r"|\b(?:wait|but),? (?:but |wait,? )?(?:sometimes|maybe i|that seems too|that might"
+            r" not)|\bmaybe i (?:was|am|made|need|should double)|\b(?:let me try to|i need to)"
+            r" recall\b|\bmight not (?:add up|be right|work)|\btoo (?:straightforward|easy|"
+            r"simple)\b",
+            r"不确定|不太确定|也许|是不是|对吗|对不对|吗[？?]\s*$|糊涂",
+        ],
+        triggers=(
+            "sure|certain|confused|am i|right|correct|can't|cant|add up|sense|wrong|mixing|"
+            "missing|overcompl|overthink|or was|or is|wonder|mistake|again|carefully|"
+            "remember|?|trick|sometimes|maybe i|seems too|might not|recall|too "
+        ),
+        zh=_ZH_UNSURE,
+    ),
+    _cue(
+        VERIFICATION,
+        0.8,
+        head=[_LEAD + r"(?:yes|yep|yeah|yup|correct|right|good|great|perfect|exactly|indeed)\b"],
+        free=[
+            r"\b(?:let me|let'?s|i'?ll|i should|i need to|i want to|just to|to|i must|i have to)"
+            r" (?:\w+ )?(?:double[- ]check|check|verify|confirm|make sure|be sure|ensure|recap"
+            r"|recount|re-?verify|cross[- ]check|count again)\b",
+            r"\b(?:check(?:ing)? (?:it |that |this )?again|once more|to be (?:sure|safe)"
+            r"|sanity check|double[- ]check(?:ing)?|verify(?:ing)? (?:each|the|my))\b",
+            r"\b(?:that|this|it|which|everything) (?:all )?(?:checks out|seems (?:right|correct|"
+            r"okay|consistent|to (?:work|fit|check out))|is (?:correct|right|consistent)"
+            r"|'?s (?:correct|right)|works|matches|makes sense|adds up|fits|holds)\b",
+            r"\b(?:seems|looks) (?:right|correct|good|okay|consistent)\b",
+            r"\b(?:all (?:the )?(?:constraints|conditions|clues) (?:are )?"
+            r"(?:satisfied|met|hold))\b",
+            r"\bi (?:don'?t|do not) (?:think|see) (?:i made |there (?:is|are) )?any (?:\w+ )?"
+            r"(?:mistakes?|errors?)\b",
+            r"\bsame (?:result|answer)\b",
+            "|".join(_ZH_CHECK),
+        ],
+        triggers=(
+            "check|verif|confirm|sure|recap|recount|count again|once more|safe|seems|"
+            "correct|right|consistent|works|matches|sense|adds up|fits|holds|looks|"
+            "satisfied|met|hold|mistake|error|same result|same answer"
+        ),
+        zh=_ZH_CHECK,
+    ),
+    _cue(
+        EXPLORATION,
+        0.7,
+        head=[
+            _LEAD + r"(?:alternatively|another (?:approach|way|thought|angle|idea|possibility|"
+            r"interpretation)|what if|what about|suppose|let'?s (?:say|assume|suppose)|assume|"
+            r"or maybe|or perhaps|unless|could (?:it|there|the|this|they|he|she)|is (?:there|it "
+            r"possible)|maybe (?:the (?:question|problem|user|puzzle)|it'?s (?:a trick|the other)"
+            r"|they|there'?s|i should (?:consider|try|think))|perhaps (?:the|it|they|there)|"
+            r"let me (?:consider|try|think of) (?:another|a different|other)|i should (?:also )?"
+            r"consider|(?:for example|like), maybe)"
+        ],
+        free=[r"\banother angle\b", "|".join(_ZH_OTHER)],
+        triggers="another angle",
+        zh=_ZH_OTHER,
+    ),
 )
-_UNCERTAIN = _cues(
-    r"\b(?:i'?m not (?:sure|certain|entirely (?:sure|certain))|not sure|unsure|i'?m confused"
-    r"|am i (?:right|sure|missing)|is (?:that|this) (?:right|correct)\?|that can'?t be(?: right)?"
-    r"|(?:doesn'?t|does not|didn'?t) (?:add up|make sense|seem right)|i might be wrong"
-    r"|maybe i'?m (?:\w+ing)|i(?:'m| am) (?:mixing|missing|overcomplicating|overthinking)"
-    r"|or was it|or is it|i wonder|i'?m not certain|maybe i made a mistake"
-    r"|(?:let me|i need to|i should) (?:think|try to (?:think|remember|recall)|recall) "
-    r"(?:again|more carefully)|let me (?:try to )?remember)\b",
-    _LEAD + r"let me think(?: about (?:this|it))?(?: again)?[.!]*$",
-    r"(?:,|\s)(?:right|correct|isn'?t it|no|yes)\?\s*$",
-    # a statement put as a question: "So Eve can't be in 2?", "Wait, so that's three 'a's?"
-    r"^[\W_]*(?:wait|so|but|then|hmm+|or)\b[^?]*\?\s*$",
-    r"\b(?:maybe|perhaps) (?:there'?s|this is|it'?s) a trick|\btrick question\b"
-    r"|\b(?:wait|but),? (?:but |wait,? )?(?:sometimes|maybe i|that seems too|that might not)"
-    r"|\bmaybe i (?:was|am|made|need|should double)|\b(?:let me try to|i need to) recall\b"
-    r"|\bmight not (?:add up|be right|work)|\btoo (?:straightforward|easy|simple)\b",
-    r"不确定|不太确定|也许|是不是|对吗|对不对|吗[？?]\s*$|糊涂",
+_OPENING = _cue(
+    INITIALISING,
+    0.7,
+    head=[
+        r"[\W_]*(?:okay|ok|alright|all right|well)[,.!]*\s*"
+        r"(?:so|let'?s see|let me see|hmm+)?[,.!]*$"
+    ],
+    free=[
+        r"\b(?:the (?:question|problem|user|puzzle|task|prompt) (?:is|says|asks|wants|states|"
+        r"mentions|specified|specifies|gives)|we need to (?:find|figure|determine|work out)"
+        r"|the key (?:points?|here) (?:is|are)"
+        r"|(?:they|the user) (?:specified|want|wants|said|asked|is asking))\b",
+        r"题目|问题是|要求",
+    ],
+    triggers=(
+        "question|problem|user|puzzle|task|prompt|we need to|key|specified|want|said|"
+        "asked|asking|题目|问题是|要求"
+    ),
 )
-_VERIFY = _cues(
-    r"\b(?:let me|let'?s|i'?ll|i should|i need to|i want to|just to|to|i must|i have to)"
-    r" (?:\w+ )?(?:double[- ]check|check|verify|confirm|make sure|be sure|ensure|recap|recount"
-    r"|re-?verify|cross[- ]check|count again)\b",
-    r"\b(?:check(?:ing)? (?:it |that |this )?again|once more|to be (?:sure|safe)|sanity check"
-    r"|double[- ]check(?:ing)?|verify(?:ing)? (?:each|the|my))\b",
-    _LEAD + r"(?:yes|yep|yeah|yup|correct|right|good|great|perfect|exactly|indeed)\b",
-    r"\b(?:that|this|it|which|everything) (?:all )?(?:checks out|seems (?:right|correct|okay|"
-    r"consistent|to (?:work|fit|check out))|is (?:correct|right|consistent)|'?s (?:correct|right)"
-    r"|works|matches|makes sense|adds up|fits|holds)\b",
-    r"\b(?:seems|looks) (?:right|correct|good|okay|consistent)\b",
-    r"\b(?:all (?:the )?(?:constraints|conditions|clues) (?:are )?(?:satisfied|met|hold))\b",
-    r"\bi (?:don'?t|do not) (?:think|see) (?:i made |there (?:is|are) )?any (?:\w+ )?"
-    r"(?:mistakes?|errors?)\b",
-    r"\bsame (?:result|answer)\b",
-    r"验证|检查|确认|核对|没错|正确|没问题",
-)
-_EXPLORE = _cues(
-    _LEAD + r"(?:alternatively|another (?:approach|way|thought|angle|idea|possibility|"
-    r"interpretation)|what if|what about|suppose|let'?s (?:say|assume|suppose)|assume|"
-    r"or maybe|or perhaps|unless|could (?:it|there|the|this|they|he|she)|is (?:there|it possible)|"
-    r"maybe (?:the (?:question|problem|user|puzzle)|it'?s (?:a trick|the other)|they|there'?s|"
-    r"i should (?:consider|try|think))|perhaps (?:the|it|they|there)|"
-    r"let me (?:consider|try|think of) (?:another|a different|other)|i should (?:also )?consider"
-    r"|(?:for example|like), maybe)",
-    r"\banother angle\b",
-    r"或者|另一种|换个(?:思路|方法|角度)|假设|试试",
-)
-_CONCLUDE = _cues(
-    r"\b(?:the (?:final |correct )?answer (?:is|should be|would be|must be|will be)"
-    r"|answer:|final answer|therefore,? the answer|so,? the answer)",
-    r"\\boxed",
-    _LEAD + r"(?:i think )?(?:that'?s|this is) (?:it|the answer|all|correct answer)\b",
-    _LEAD + r"(?:i think )?that should (?:be it|do it|be correct|be the answer)\b",
-    r"\b(?:i'?ll (?:format|go with|answer|write|send|present|respond)|time to (?:send|answer|"
-    r"respond|write)|i need to end with|end with the (?:specified|required))\b",
-    r"答案是|所以答案|最终答案|综上",
-)
-_OPENING = _cues(
-    r"^[\W_]*(?:okay|ok|alright|all right|well)[,.!]*\s*(?:so|let'?s see|let me see|hmm+)?[,.!]*$",
-    r"\b(?:the (?:question|problem|user|puzzle|task|prompt) (?:is|says|asks|wants|states|"
-    r"mentions|specified|specifies|gives)|we need to (?:find|figure|determine|work out)"
-    r"|the key (?:points?|here) (?:is|are)"
-    r"|(?:they|the user) (?:specified|want|wants|said|asked|is asking))\b",
-    r"题目|问题是|要求",
-)
-_PLAN = _cues(
+_PLAN = _join(
     r"\b(?:i need to|i should|i'?ll|let me|let'?s|we need to|i have to|i must|first,)\b",
     r"首先|我们需要|我需要|先",
 )
-_FORWARD = _cues(
+_FORWARD = _join(
     _LEAD + r"(?:next|then|now|first|second|third|finally|moving|case \d|so now|after that)\b",
 )
-_CONNECTIVE = _cues(
+_CONNECTIVE = _join(
     r"\b(?:so|therefore|thus|hence|then|because|since|means|gives|equals|is|are)\b|=|[+\-*/×÷]"
 )
-_INFERENCE = _cues(
+_INFERENCE = _join(
     r"\b(?:then|therefore|thus|hence|means|must|would|because|since|if|implies)\b|所以|因此|如果"
 )
 _WORD = re.compile(r"[^\W\d_]{3,}|[\u4e00-\u9fff]")
@@ -171,13 +264,17 @@ class StepRoles:
 
     def chars(self, spans: list[tuple[int, int]] | None = None) -> np.ndarray:
         """int64 [len(ROLES)]: characters of each role, inside `spans` when given."""
-        out = np.zeros(len(ROLES), dtype=np.int64)
-        for (a, b), role in zip(self.spans.tolist(), self.role.tolist(), strict=True):
-            if spans is None:
-                out[role] += b - a
-            else:
-                out[role] += sum(max(0, min(b, e) - max(a, s)) for s, e in spans)
-        return out
+        lengths = self.spans[:, 1] - self.spans[:, 0]
+        if spans is None:
+            return np.bincount(self.role, weights=lengths, minlength=len(ROLES)).astype(np.int64)
+        if not len(self.spans):
+            return np.zeros(len(ROLES), dtype=np.int64)
+        origin, end = int(self.spans[0, 0]), int(self.spans[-1, 1])
+        kept = np.zeros(end - origin, dtype=bool)
+        for a, b in spans:
+            kept[max(a - origin, 0) : max(b - origin, 0)] = True
+        of_char = np.repeat(self.role, lengths)
+        return np.bincount(of_char[kept], minlength=len(ROLES)).astype(np.int64)
 
     def of_units(self, units: np.ndarray, values: np.ndarray) -> np.ndarray:
         """float [k]: each unit's character-weighted mean of its sentences' `values`."""
@@ -208,27 +305,39 @@ def _content_words(text: str) -> set[str]:
 
 
 def _values(text: str) -> set[str]:
-    return {number_value(m.group()) for m in numbers(text)}
+    return {number_value(m) for m in numbers_in(text)}
 
 
-# The cues in the order they are tried (a sentence with two takes the first) and how sure each is.
-_CUES = (
-    (_INTERJECTION, UNCERTAINTY, 0.9),
-    (_BACKTRACK, BACKTRACKING, 0.85),
-    (_CONCLUDE, CONCLUSION, 0.85),
-    (_UNCERTAIN, UNCERTAINTY, 0.75),
-    (_VERIFY, VERIFICATION, 0.8),
-    (_EXPLORE, EXPLORATION, 0.7),
+def _triggered(lowered: str, starts: np.ndarray, cue: _Cue) -> np.ndarray:
+    """bool [n]: the sentences (starting at `starts`) holding one of the cue's triggers."""
+    hits = []
+    for trigger in cue.triggers:
+        at = lowered.find(trigger)
+        while at >= 0:
+            hits.append(at)
+            at = lowered.find(trigger, at + 1)
+    marks = np.zeros(len(starts), dtype=bool)
+    if hits and len(starts):
+        marks[np.searchsorted(starts, np.asarray(hits), side="right") - 1] = True
+    return marks
+
+
+# Every cue's head in one pattern, in the cues' order: one `match` finds the first head that
+# matches; only the cues before it need their free patterns tried.
+_HEADS = re.compile(
+    "|".join(f"(?P<c{k}>{cue.head.pattern})" for k, cue in enumerate(_CUES) if cue.head)
 )
 
 
-def _cue_role(sentence: str) -> tuple[int, float] | None:
-    """The role a cue at the (lowercased) sentence names, and how sure the cue is; None
+def _cue_role(sentence: str, triggered: list[list[bool]], i: int) -> tuple[int, float] | None:
+    """The role a cue at the (lowercased) sentence `i` names, and how sure the cue is; None
     without one."""
-    for pattern, role, confidence in _CUES:
-        if pattern.search(sentence):
-            return role, confidence
-    return None
+    head = _HEADS.match(sentence)
+    first = int(head.lastgroup[1:]) if head else len(_CUES)
+    for cue, marks in zip(_CUES[:first], triggered, strict=False):
+        if marks[i] and cue.free is not None and cue.free.search(sentence):
+            return cue.role, cue.confidence
+    return (_CUES[first].role, _CUES[first].confidence) if head else None
 
 
 def tag_roles(
@@ -238,10 +347,8 @@ def tag_roles(
     `question` and the final `answer` (when known) let restatements and conclusions be told."""
     sentences = np.asarray(sentences, dtype=np.int64).reshape(-1, 2)
     n = len(sentences)
-    role = np.full(n, DEDUCTION, dtype=np.int8)
-    confidence = np.full(n, 0.4)
-    abandoned = np.zeros(n, dtype=bool)
-    novelty = np.zeros(n)
+    role, confidence = [DEDUCTION] * n, [0.4] * n  # lists: a numpy item costs more in a loop
+    abandoned, novelty = [False] * n, [0.0] * n
     question_words, question_values = _content_words(question), _values(question)
     seen_words, seen_values = set(question_words), set(question_values)
     answer_at = answer_position(text, answer) if answer else None
@@ -250,15 +357,26 @@ def tag_roles(
     region_left = 0
     previous_end = 0
     lowered = text.lower()
-    same_offsets = len(lowered) == len(text)  # a few letters lower into two characters
+    if len(lowered) != len(text):  # a few letters lower into two characters: keep the offsets
+        lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    starts = sentences[:, 0]
+    triggered = [_triggered(lowered, starts, cue).tolist() for cue in _CUES]
+    opening = _triggered(lowered, starts, _OPENING).tolist()
     for i, (a, b) in enumerate(sentences.tolist()):
-        sentence = (lowered[a:b] if same_offsets else text[a:b].lower()).strip()
+        sentence = lowered[a:b].strip()
         new_paragraph = "\n\n" in text[previous_end:a] or "\n\n" in text[a : a + 2]
         previous_end = b
-        words, values = _content_words(sentence), _values(sentence)
-        novelty[i] = len(words - seen_words) / len(words) if words else 0.0
+        words = set(_WORD.findall(sentence)) - _STOP
+        found = [number_value(m) for m in numbers_in(sentence)]
+        values = set(found)
+        novel = len(words - seen_words) / len(words) if words else 0.0
+        novelty[i] = novel
         new_values = values - seen_values
-        known_values = set(seen_values)
+        # a check goes over what is known: its result (last number) is one reached before, or
+        # without numbers, few new words
+        rechecks = (found[-1] in seen_values or not new_values) if found else novel < 0.5
+        if rechecks and region != VERIFICATION and _FORWARD.match(sentence):
+            rechecks = False
         seen_words |= words
         seen_values |= values
         restates = (
@@ -267,17 +385,9 @@ def tag_roles(
             and not new_values
             and not _INFERENCE.search(sentence)
         )
-        # a check goes over what is known: its result (last number) is one reached before, or
-        # without numbers, few new words
-        found = numbers(sentence)
-        if found:
-            rechecks = number_value(found[-1].group()) in known_values or not new_values
-        else:
-            rechecks = novelty[i] < 0.5
-        if region != VERIFICATION and _FORWARD.search(sentence):
-            rechecks = False
         states_answer = answer_at is not None and a <= answer_at < b
-        cue = _cue_role(sentence)
+        cue = _cue_role(sentence, triggered, i)
+        opens = cue is None and _OPENING.matches(sentence, opening[i])
         if new_paragraph and region in (VERIFICATION, EXPLORATION):
             region = None
         if cue is not None:
@@ -291,9 +401,9 @@ def tag_roles(
                     if role[j] != DEDUCTION:
                         break
                     abandoned[j] = True
-        elif not started and (restates or _OPENING.search(sentence) or _PLAN.search(sentence)):
-            role[i], confidence[i] = INITIALISING, 0.7 if _OPENING.search(sentence) else 0.55
-        elif _OPENING.search(sentence) and not new_values:
+        elif not started and (restates or opens or _PLAN.search(sentence)):
+            role[i], confidence[i] = INITIALISING, 0.7 if opens else 0.55
+        elif opens and not new_values:
             role[i], confidence[i] = INITIALISING, 0.6
         elif region == EXPLORATION and region_left > 0 and len(sentence) < 160:
             role[i], confidence[i] = EXPLORATION, 0.5
@@ -312,7 +422,13 @@ def tag_roles(
             started = True
         if role[i] == CONCLUSION:
             answer_stated = True
-    return StepRoles(sentences, role, confidence, abandoned, novelty)
+    return StepRoles(
+        sentences,
+        np.asarray(role, dtype=np.int8),
+        np.asarray(confidence),
+        np.asarray(abandoned, dtype=bool),
+        np.asarray(novelty),
+    )
 
 
 def role_shares(before: np.ndarray, kept: np.ndarray | None) -> dict[str, dict[str, float] | None]:
