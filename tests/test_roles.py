@@ -111,6 +111,10 @@ def test_tagging_is_deterministic_and_covers_the_text():
     units = np.array([[0, 60], [60, len(TRACE)]])
     assert len(a.unit_roles(units)) == 2
     assert tag_roles("", np.zeros((0, 2), dtype=np.int64)).names() == []
+    # sentences need not cover the text: a cue before the first one marks none of them
+    text = "Wait, no, that is wrong. Let me check again. So the answer is 7."
+    spans = np.array([[25, 44], [45, len(text)]])
+    assert tag_roles(text, spans, "", "7").names() == ["verification", "conclusion"]
 
 
 def test_role_criteria_are_registered_and_default_to_sentences():

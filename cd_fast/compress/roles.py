@@ -318,7 +318,8 @@ def _triggered(lowered: str, starts: np.ndarray, cue: _Cue) -> np.ndarray:
             at = lowered.find(trigger, at + 1)
     marks = np.zeros(len(starts), dtype=bool)
     if hits and len(starts):
-        marks[np.searchsorted(starts, np.asarray(hits), side="right") - 1] = True
+        owner = np.searchsorted(starts, np.asarray(hits), side="right") - 1
+        marks[owner[owner >= 0]] = True  # text before the first sentence belongs to none
     return marks
 
 
