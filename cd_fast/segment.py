@@ -430,13 +430,13 @@ def segment_steps_py(
 @functools.lru_cache(maxsize=8)
 def available_cpus() -> int:
     """CPUs the C++ segmenter's threads may use (this process's affinity)."""
-    from cd_fast._ext import load_extension
+    from cd_fast.native import load_extension
 
     return load_extension().available_cpus()
 
 
 def _native_segmenter(config: SegmentConfig):
-    from cd_fast._ext import load_extension
+    from cd_fast.native import load_extension
 
     return load_extension().Segmenter(
         list(config.markers), list(config.abbreviations), config.min_chars

@@ -219,7 +219,7 @@ def test_models_does_not_import_training():
 EXTENSIONS = {"cd_fast._C"}  # compiled (csrc/)
 # lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS = (
-    ("cd_fast._version", "cd_fast._ext", "cd_fast.runtime", "cd_fast.config", "cd_fast.formats"),
+    ("cd_fast._version", "cd_fast.native", "cd_fast.runtime", "cd_fast.config", "cd_fast.formats"),
     ("cd_fast.data", "cd_fast.runs"),
     ("cd_fast", "cd_fast.segment", "cd_fast.kernels", "cd_fast.patches", "cd_fast.models"),
     ("cd_fast.score",),

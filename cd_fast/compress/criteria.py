@@ -12,8 +12,9 @@ by it), or both. What a run must provide for it:
 The role criteria rank units by what their sentences do: the conclusion and deduction first, then
 initialising (the question is in the prompt already), exploration and verification, repeated
 conclusions, uncertainty, and last backtracking and the deductions a backtrack abandoned
-(`ROLE_RANK`). Within a rank the tie-breaker orders units: for `role` the tagger's confidence and
-the share of new content words, for `role+X` criterion X (as a rank within the record).
+(`ROLE_RANK`). Within a rank the tie-breaker orders units: for `role` the tagger's confidence (a
+deduction that reaches a new value or draws an inference before one that only talks), for
+`role+X` criterion X (as a rank within the record).
 
 `METHOD_CRITERIA` says which criteria each method accepts, its default first.
 """
@@ -143,7 +144,7 @@ def _role(tie_breaker: UnitImportance | None) -> UnitImportance:
     def units_(item: Item, units: np.ndarray, must_keep, context: MethodContext) -> np.ndarray:
         roles = item.roles
         base = roles.of_units(units, role_ranks(item))
-        own = roles.of_units(units, 0.5 * roles.confidence + 0.5 * roles.novelty)
+        own = roles.of_units(units, roles.confidence)
         if tie_breaker is None:
             return base + TIE_WEIGHT * own
         other = _within_record(np.asarray(tie_breaker(item, units, must_keep, context), float))

@@ -15,7 +15,7 @@ import numpy as np
 from cd_fast.compress.config import CompressConfig
 from cd_fast.compress.item import Item, MethodContext, Selection
 from cd_fast.compress.methods import METHODS
-from cd_fast.compress.roles import ROLES, role_shares, tag_roles
+from cd_fast.compress.roles import ROLES, role_shares, tag_roles_batch
 from cd_fast.compress.select import join_spans
 from cd_fast.compress.units import step_at
 from cd_fast.data import Trace
@@ -154,10 +154,12 @@ class Compressor:
             [t.trace for t in traces], add_special_tokens=False, return_offsets_mapping=True
         )
         scores = self._record_scores(traces)
-        roles = [
-            tag_roles(t.trace, np.asarray(t.steps, dtype=np.int64), t.question or "", answer)
-            for t, answer in zip(traces, answers, strict=True)
-        ]
+        roles = tag_roles_batch(
+            [t.trace for t in traces],
+            [np.asarray(t.steps, dtype=np.int64) for t in traces],
+            [t.question or "" for t in traces],
+            answers,
+        )
         return [
             Item(
                 trace=trace,

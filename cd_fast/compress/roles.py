@@ -20,6 +20,7 @@ sentence gets a confidence (how direct the evidence was). Deterministic, linear 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -214,16 +215,17 @@ _OPENING = _cue(
         r"\b(?:the (?:question|problem|user|puzzle|task|prompt) (?:is|says|asks|wants|states|"
         r"mentions|specified|specifies|gives)|we need to (?:find|figure|determine|work out)"
         r"|the key (?:points?|here) (?:is|are)"
-        r"|(?:they|the user) (?:specified|want|wants|said|asked|is asking))\b",
+        r"|(?:they|the user) (?:specified|want|wants|said|asked|is asking)|it (?:asks|wants))\b",
         r"题目|问题是|要求",
     ],
     triggers=(
         "question|problem|user|puzzle|task|prompt|we need to|key|specified|want|said|"
-        "asked|asking|题目|问题是|要求"
+        "asked|asking|asks|题目|问题是|要求"
     ),
 )
 _PLAN = _join(
-    r"\b(?:i need to|i should|i'?ll|let me|let'?s|we need to|i have to|i must|first,)\b",
+    r"\b(?:i need to|i should|i'?ll|let me|let'?s|we need to|i have to|i must|first,"
+    r"|(?:the|my|our) (?:plan|approach|strategy))\b",
     r"首先|我们需要|我需要|先",
 )
 _FORWARD = _join(
@@ -257,7 +259,6 @@ class StepRoles:
     role: np.ndarray  # int8 [n], indices into ROLES
     confidence: np.ndarray  # float [n] in (0, 1]
     abandoned: np.ndarray  # bool [n]: a deduction a later backtrack revised
-    novelty: np.ndarray  # float [n]: share of its content words not seen earlier
 
     def names(self) -> list[str]:
         return [ROLES[r] for r in self.role.tolist()]
@@ -341,37 +342,101 @@ def _cue_role(sentence: str, triggered: list[list[bool]], i: int) -> tuple[int, 
     return (_CUES[first].role, _CUES[first].confidence) if head else None
 
 
+def _lowered(text: str) -> str:
+    """`text` lowercased with its offsets kept (a few letters lower into two characters)."""
+    lowered = text.lower()
+    if len(lowered) != len(text):
+        lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    return lowered
+
+
+@functools.cache
+def _native_tagger():
+    from cd_fast.native import load_extension
+
+    def spec(cue: _Cue) -> tuple:
+        patterns = [p.pattern if p is not None else None for p in (cue.head, cue.free)]
+        return (cue.role, cue.confidence, *patterns, list(cue.triggers))
+
+    return load_extension().RoleTagger(
+        [spec(cue) for cue in _CUES],
+        spec(_OPENING),
+        _PLAN.pattern,
+        _FORWARD.pattern,
+        _CONNECTIVE.pattern,
+        _INFERENCE.pattern,
+        sorted(_STOP),
+    )
+
+
+def tag_roles_batch(
+    texts: list[str],
+    sentences: list[np.ndarray],
+    questions: list[str],
+    answers: list[str | None],
+    threads: int = 0,
+) -> list[StepRoles]:
+    """`tag_roles` for many traces at once (C++, thread pool, GIL released; `threads` 0: every
+    CPU this process may use)."""
+    spans = [np.ascontiguousarray(s, dtype=np.int64).reshape(-1, 2) for s in sentences]
+    answer_at = [
+        -1 if not answer or (at := answer_position(text, answer)) is None else at
+        for text, answer in zip(texts, answers, strict=True)
+    ]
+    role, confidence, abandoned = _native_tagger().tag(
+        [_lowered(text) for text in texts],
+        spans,
+        list(questions),
+        [question.lower() for question in questions],
+        answer_at,
+        threads,
+    )
+    out, at = [], 0
+    for s in spans:
+        n = len(s)
+        out.append(StepRoles(s, role[at : at + n], confidence[at : at + n], abandoned[at : at + n]))
+        at += n
+    return out
+
+
 def tag_roles(
     text: str, sentences: np.ndarray, question: str = "", answer: str | None = None
 ) -> StepRoles:
     """The role of each sentence ([n, 2] character offsets, the segmenter's steps) of `text`;
-    `question` and the final `answer` (when known) let restatements and conclusions be told."""
+    `question` and the final `answer` (when known) let restatements and conclusions be told.
+    C++ (`tag_roles_py` is the reference it must equal)."""
+    return tag_roles_batch([text], [sentences], [question], [answer], threads=1)[0]
+
+
+def tag_roles_py(
+    text: str, sentences: np.ndarray, question: str = "", answer: str | None = None
+) -> StepRoles:
+    """Pure-Python reference of `tag_roles` (identical output), where the rules are written out."""
     sentences = np.asarray(sentences, dtype=np.int64).reshape(-1, 2)
     n = len(sentences)
     role, confidence = [DEDUCTION] * n, [0.4] * n  # lists: a numpy item costs more in a loop
-    abandoned, novelty = [False] * n, [0.0] * n
+    abandoned = [False] * n
     question_words, question_values = _content_words(question), _values(question)
     seen_words, seen_values = set(question_words), set(question_values)
     answer_at = answer_position(text, answer) if answer else None
     started = answer_stated = False  # a first result / the answer already came
     region = None  # the role un-cued sentences continue (verification, exploration, ...)
     region_left = 0
-    previous_end = 0
-    lowered = text.lower()
-    if len(lowered) != len(text):  # a few letters lower into two characters: keep the offsets
-        lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    previous_end = 0  # where the previous sentence's text (before its trailing space) ended
+    lowered = _lowered(text)
     starts = sentences[:, 0]
     triggered = [_triggered(lowered, starts, cue).tolist() for cue in _CUES]
     opening = _triggered(lowered, starts, _OPENING).tolist()
     for i, (a, b) in enumerate(sentences.tolist()):
+        raw = text[a:b]
         sentence = lowered[a:b].strip()
-        new_paragraph = "\n\n" in text[previous_end:a] or "\n\n" in text[a : a + 2]
-        previous_end = b
+        lead = len(raw) - len(raw.lstrip())
+        new_paragraph = "\n\n" in text[previous_end : a + lead]
+        previous_end = a + len(raw.rstrip())
         words = set(_WORD.findall(sentence)) - _STOP
         found = [number_value(m) for m in numbers_in(sentence)]
         values = set(found)
         novel = len(words - seen_words) / len(words) if words else 0.0
-        novelty[i] = novel
         new_values = values - seen_values
         # a check goes over what is known: its result (last number) is one reached before, or
         # without numbers, few new words
@@ -384,13 +449,16 @@ def tag_roles(
             bool(words)
             and len(words - question_words) <= 0.2 * len(words)
             and not new_values
+            and "=" not in sentence  # a computation on the question's numbers moves forward
             and not _INFERENCE.search(sentence)
         )
         states_answer = answer_at is not None and a <= answer_at < b
         cue = _cue_role(sentence, triggered, i)
         opens = cue is None and _OPENING.matches(sentence, opening[i])
-        if new_paragraph and region in (VERIFICATION, EXPLORATION):
-            region = None
+        if new_paragraph and (
+            region == EXPLORATION or (region == VERIFICATION and _FORWARD.match(sentence))
+        ):
+            region = None  # a check runs on across paragraphs, but "Then ..." starts a new step
         if cue is not None:
             role[i], confidence[i] = cue
             if cue[0] == CONCLUSION and answer_stated and not states_answer:
@@ -419,7 +487,9 @@ def tag_roles(
             region = None
         if states_answer and role[i] in (DEDUCTION, VERIFICATION, INITIALISING):
             role[i], confidence[i] = CONCLUSION, 0.6
-        if role[i] not in (INITIALISING, UNCERTAINTY, EXPLORATION):
+        if role[i] not in (INITIALISING, UNCERTAINTY, EXPLORATION, DEDUCTION) or (
+            role[i] == DEDUCTION and confidence[i] > 0.4  # a result or an inference, not talk
+        ):
             started = True
         if role[i] == CONCLUSION:
             answer_stated = True
@@ -428,7 +498,6 @@ def tag_roles(
         np.asarray(role, dtype=np.int8),
         np.asarray(confidence),
         np.asarray(abandoned, dtype=bool),
-        np.asarray(novelty),
     )
 
 
