@@ -19,9 +19,9 @@ from cd_fast.bench.roles import (
     tagger_agreement,
 )
 from cd_fast.compress import compress
+from cd_fast.compress import roles as roles_module
 from cd_fast.compress.config import CompressConfig
 from cd_fast.compress.criteria import METHOD_CRITERIA
-from cd_fast.compress import roles as roles_module
 from cd_fast.compress.roles import ROLES, role_summary, tag_roles, tag_roles_batch, tag_roles_py
 from cd_fast.data import Trace
 from cd_fast.segment import segment_steps
@@ -133,12 +133,20 @@ def test_native_tagger_equals_the_python_reference_on_written_cases():
         (TRACE, segment_steps([TRACE])[0], QUESTION, "7"),
         (TRACE, lines_of(TRACE), "", None),
         ("", np.zeros((0, 2), dtype=np.int64), "", None),
-        ("Wait, no, that is wrong. Let me check again. So the answer is 7.",
-         np.array([[25, 44], [45, 64]]), "", "7"),
+        (
+            "Wait, no, that is wrong. Let me check again. So the answer is 7.",
+            np.array([[25, 44], [45, 64]]),
+            "",
+            "7",
+        ),
         (chinese, segment_steps([chinese])[0], "小明有3个苹果，又买了4个。", "7"),
         # a letter that lowers into two characters, other digits, a whitespace-only sentence
-        (lowered, np.array([[0, 26], [26, 45], [45, 53], [53, 63], [63, len(lowered)]]),
-         "How much is 1200.5 and 12?", "15"),
+        (
+            lowered,
+            np.array([[0, 26], [26, 45], [45, 53], [53, 63], [63, len(lowered)]]),
+            "How much is 1200.5 and 12?",
+            "15",
+        ),
     ]
     for text, spans, question, answer in cases:
         native = tag_roles(text, spans, question, answer)
@@ -175,9 +183,21 @@ def test_regex_engine_reads_patterns_as_re_does():
 
     engine = load_extension().Pattern
     patterns = [
-        r"a|b", r"(?:ab)+c", r"[^\W\d_]+", r"\bis\b", r"x$", r"[\W_]*y", r"colou?r",
-        r"\d[\d,]*(?:\.\d+)?", r"(?P<c0>so|then)\b[^?]*\?\s*$", r"[？?]\s*$", r"[+\-*/×÷]",
-        r"(?:okay|ok)[,.!]*\s+", r"吗[？?]", r"\\boxed", r"(?:a|ab)(?:c|bcd)(?:d*)$",
+        r"a|b",
+        r"(?:ab)+c",
+        r"[^\W\d_]+",
+        r"\bis\b",
+        r"x$",
+        r"[\W_]*y",
+        r"colou?r",
+        r"\d[\d,]*(?:\.\d+)?",
+        r"(?P<c0>so|then)\b[^?]*\?\s*$",
+        r"[？?]\s*$",
+        r"[+\-*/×÷]",
+        r"(?:okay|ok)[,.!]*\s+",
+        r"吗[？?]",
+        r"\\boxed",
+        r"(?:a|ab)(?:c|bcd)(?:d*)$",
     ]
     for pattern in patterns:
         compiled, ours = re.compile(pattern), engine(pattern)
@@ -192,8 +212,13 @@ def test_regex_engine_reads_patterns_as_re_does():
 def lexicon_patterns() -> list[re.Pattern]:
     cues = [*roles_module._CUES, roles_module._OPENING]
     patterns = [p for cue in cues for p in (cue.head, cue.free) if p is not None]
-    return [*patterns, roles_module._PLAN, roles_module._FORWARD, roles_module._CONNECTIVE,
-            roles_module._INFERENCE]
+    return [
+        *patterns,
+        roles_module._PLAN,
+        roles_module._FORWARD,
+        roles_module._CONNECTIVE,
+        roles_module._INFERENCE,
+    ]
 
 
 def test_role_criteria_are_registered_and_default_to_sentences():
@@ -260,9 +285,7 @@ def test_native_tagger_equals_the_python_reference_on_real_traces(qwen3):
 def test_regex_engine_reads_the_lexicon_as_re_does(labelled):
     from cd_fast.native import load_extension
 
-    sentences = [
-        trace.trace[a:b].lower().strip() for trace, spans in labelled for a, b, _ in spans
-    ]
+    sentences = [trace.trace[a:b].lower().strip() for trace, spans in labelled for a, b, _ in spans]
     sentences += [text.lower() for text in TRACE.splitlines()] + list(ENGINE_CASES)
     for pattern in lexicon_patterns():
         ours = load_extension().Pattern(pattern.pattern)
