@@ -179,6 +179,16 @@ def test_errors_name_file_line_and_field(tmp_path):
         ("line 6", "e"),
     ]
     assert "invalid JSON" in reader.skipped[1].reason
+    steps = tmp_path / "steps.jsonl"
+    steps.write_text(
+        '{"id": "s", "question": "q", "trace": "one. two.", "steps": [[0, 5], [5, 40]]}\n'
+    )
+    with pytest.raises(
+        DataError,
+        match=r"steps.jsonl:line 1: field 'steps': expected \[start, end\] pairs inside the "
+        r"trace \(9 characters\)",
+    ):
+        list(TraceReader(steps))
     assert "not UTF-8" in reader.skipped[2].reason
     assert reader.skipped[3].reason == "field 'meta': expected an object, got a list"
 

@@ -70,13 +70,20 @@ class Trace:
         meta = {} if obj.get("meta") is None else obj["meta"]
         if not isinstance(meta, dict):
             raise DataError(source, location, f"expected an object, got {_kind(meta)}", "meta")
+        question, trace = text("question"), text("trace")
         steps = obj.get("steps")
-        if steps is not None and not _is_offset_pairs(steps):
-            raise DataError(source, location, "expected a list of [start, end] pairs", "steps")
+        if steps is not None and not _is_offset_pairs(steps, len(trace)):
+            raise DataError(
+                source,
+                location,
+                f"expected [start, end] pairs inside the trace ({len(trace)} characters), in "
+                "order; drop the field or run `cdfast segment` on this file again",
+                "steps",
+            )
         return cls(
             id=record_id,
-            question=text("question"),
-            trace=text("trace"),
+            question=question,
+            trace=trace,
             answer=text("answer", optional=True),
             gold=text("gold", optional=True),
             meta=meta,
@@ -84,11 +91,17 @@ class Trace:
         )
 
 
-def _is_offset_pairs(value: Any) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) for x in pair)
+def _is_offset_pairs(value: Any, length: int) -> bool:
+    """[[start, end], ...] with 0 <= start <= end <= length, starts in order (segmenter steps)."""
+    if not isinstance(value, list) or not all(
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in pair)
         for pair in value
-    )
+    ):
+        return False
+    starts = [a for a, _ in value]
+    return all(0 <= a <= b <= length for a, b in value) and starts == sorted(starts)
 
 
 def _kind(value: Any) -> str:
