@@ -1,5 +1,6 @@
-// cd_fast._C: the batch step segmenter and step-role tagger. Strings are read in CPython's own storage with the GIL
-// released (str objects are immutable and we hold references), split across a thread pool.
+// cd_fast._C: the batch step segmenter and step-role tagger. Strings are read in CPython's own
+// storage with the GIL released (str objects are immutable and we hold references), split across
+// a thread pool.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

@@ -16,6 +16,10 @@ It restates the question when its content words are the question's; it continues
 number, no forward transition) after a verification cue or once the answer was stated; it redoes
 a step after a backtrack, and the deduction right before a backtrack is marked abandoned. Every
 sentence gets a confidence (how direct the evidence was). Deterministic, linear in the text.
+
+`tag_roles` / `tag_roles_batch` run in C++ (csrc/roles.hpp, all CPUs, GIL released), which reads
+the lexicon below through a small regex engine with `re`'s semantics (csrc/regex.hpp);
+`tag_roles_py` is the reference where the rules are written out, and both must agree exactly.
 """
 
 from __future__ import annotations
