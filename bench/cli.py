@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import attention, compress, pack, plot, roles, segment, token_scores, train
+from . import attention, compress, generate, pack, plot, roles, segment, token_scores, train
 
 BENCHMARKS = {
     "segment": segment,
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "attention": attention,
     "token_scores": token_scores,
     "compress": compress,
+    "generate": generate,
     "roles": roles,
     "train": train,
     "plot": plot,

@@ -79,9 +79,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             )
         )
     if args.rewriter:
-        from cd_fast.compress.rewrite import LocalRewriter
+        from cd_fast.generate import make_generator
 
-        rewriter = LocalRewriter(args.rewriter, device=args.device)
+        rewriter = make_generator(args.rewriter, device=args.device)
         result = compress(traces, "rewrite", args.budget, counter=tokenizer, rewriter=rewriter)
         seconds = result.summary["seconds"]
         total = seconds["generation"] + seconds["selection"]

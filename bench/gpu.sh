@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU: build the extension, run the GPU tests, then the benchmarks.
 #
-#   bash bench/gpu.sh [all|tests|kernels|train|train-qlora|train-hybrid|train-fsdp|epoch]
+#   bash bench/gpu.sh [all|tests|kernels|train|train-qlora|train-hybrid|train-fsdp|epoch|generate]
 #
 # With network and `pip install -e ".[dev,flash,fla]" trl datasets` done, that is all. Results and
 # logs go to bench/results (tarred into $OUT/results.tgz when $OUT is set: the device tool's
@@ -169,9 +169,16 @@ for stage in "$@"; do
       python3 -m bench --results-dir "$results" train --runs --no-trl \
         --epoch "$device/epoch/original.jsonl" "$device/epoch/compressed.jsonl" \
         --epoch-model "$device/tokenizer" ;;
+    generate)
+      # output tokens/s of vLLM (when installed: the device has none, and no network) against
+      # the transformers backend, 100 MATH-500 questions, a random Qwen2.5-0.5B shape
+      setup
+      python3 -m bench --results-dir "$results" generate --backends vllm transformers \
+        --dataset math500 --questions 100 --max-new-tokens 512 --batch-size 100 \
+        --random-shape qwen2.5-0.5b --tokenizer "$device/tokenizer" ;;
     all)
-      "$0" tests kernels train train-qlora train-hybrid train-fsdp epoch ;;
-    *) echo "unknown stage $stage (expected stash, tests, kernels, train, train-qlora, train-hybrid, train-fsdp, epoch, all)" >&2
+      "$0" tests kernels train train-qlora train-hybrid train-fsdp epoch generate ;;
+    *) echo "unknown stage $stage (expected stash, tests, kernels, train, train-qlora, train-hybrid, train-fsdp, epoch, generate, all)" >&2
        exit 2 ;;
   esac
 done

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cd_fast.runtime import warn_once
@@ -27,12 +28,14 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _NUMERIC_ANSWER = re.compile(r"^-?[\d,]*\.?\d+(?:/\d+)?$")
 
 
-def chat_prompt(tokenizer: Any, question: str) -> str:
-    """The question as a user turn through the tokenizer's chat template, ready for the reply
-    (plain "question\\n\\n" for tokenizers without a template, logged once)."""
+def chat_prompt(tokenizer: Any, messages: str | Sequence[Mapping[str, str]]) -> str:
+    """A question (a user turn) or chat messages through the tokenizer's chat template, ready
+    for the reply (the plain contents and a blank line for tokenizers without a template,
+    logged once)."""
+    turns = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+            list(turns), tokenize=False, add_generation_prompt=True
         )
     warn_once(
         logger,
@@ -40,7 +43,7 @@ def chat_prompt(tokenizer: Any, question: str) -> str:
         "line; set tokenizer.chat_template to use one",
         getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__,
     )
-    return question + "\n\n"
+    return "\n\n".join(turn["content"] for turn in turns) + "\n\n"
 
 
 def check_target_template(template: str) -> None:

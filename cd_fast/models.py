@@ -16,7 +16,6 @@ import torch
 from huggingface_hub.errors import HFValidationError
 from safetensors import SafetensorError
 
-from cd_fast.formats import chat_prompt
 from cd_fast.patches import ATTN_IMPLEMENTATION, make_packable, register
 from cd_fast.runtime import choose_device
 
@@ -190,43 +189,3 @@ def load_generator(spec: str | Path, device: torch.device | str | None = None) -
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-@torch.inference_mode()
-def generate_greedy(
-    model: Any,
-    tokenizer: Any,
-    messages: list[str],
-    max_new_tokens: int | list[int],
-    stop: tuple[str, ...] = (),
-    **generate_options: Any,
-) -> list[tuple[str, int, bool]]:
-    """Greedy replies to user messages (chat template applied), in one batch: (text, new tokens,
-    truncated) each, where truncated = the reply used its whole token limit without stopping."""
-    limits = [max_new_tokens] * len(messages) if isinstance(max_new_tokens, int) else max_new_tokens
-    device = model.get_output_embeddings().weight.device
-    prompts = [chat_prompt(tokenizer, m) for m in messages]
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    options = dict(generate_options)
-    if stop:
-        options.update(stop_strings=list(stop), tokenizer=tokenizer)
-    generated = model.generate(
-        **encoded.to(device),
-        max_new_tokens=max(limits),
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        **options,
-    )
-    special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
-    replies = []
-    for row, limit in zip(
-        generated[:, encoded["input_ids"].shape[1] :].tolist(), limits, strict=True
-    ):
-        tokens = row[:limit]
-        while tokens and tokens[-1] == tokenizer.pad_token_id:
-            tokens = tokens[:-1]
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        stopped = (bool(tokens) and tokens[-1] in special) or any(s in text for s in stop)
-        content = [t for t in tokens if t not in special]
-        replies.append((text.strip(), len(content), not stopped and len(tokens) >= limit))
-    return replies

@@ -175,6 +175,18 @@ def smollm2_dir(smollm2, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def served_smollm2(smollm2_dir):
+    """`transformers serve` with the real SmolLM2 on a loopback port: its base URL (…/v1)."""
+    from cd_fast.bench.serve import transformers_serve
+
+    try:
+        with transformers_serve(smollm2_dir, smollm2_dir.parent / "serve.log") as url:
+            yield url
+    except RuntimeError as error:
+        pytest.fail(str(error))
+
+
 # ---- tiny random students with the real tokenizer (trainer, eval and reliability tests) ----
 
 TINY = ("qwen2", "qwen3", "llama", "qwen3_5")  # bench/shapes.py: "tiny-" + kind

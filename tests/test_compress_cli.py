@@ -1,65 +1,9 @@
 """Compression over HTTP (a real `transformers serve` on loopback) and from the command line."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
-import pytest
-
-from cd_fast.compress.rewrite import HTTPRewriter
 from cd_fast.data import write_jsonl
 from cd_fast.score.store import write_manifest, write_shard
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served_smollm2(smollm2_dir):
-    """`transformers serve` with the real SmolLM2 on a loopback port."""
-    port = free_port()
-    log = open(smollm2_dir.parent / "serve.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "transformers.cli.transformers",
-            "serve",
-            str(smollm2_dir),
-            "--device",
-            "cpu",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail(f"transformers serve exited: {Path(log.name).read_text()[-2000:]}")
-                time.sleep(0.5)
-        else:
-            pytest.fail("transformers serve did not come up in 120 s")
-        yield url + "/v1"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 def test_rewrite_over_http_against_transformers_serve(
@@ -97,17 +41,6 @@ def test_rewrite_over_http_against_transformers_serve(
     assert all(r["meta"]["compression"]["level"] == 3 and r["trace"].strip() for r in records)
     summary = json.loads((tmp_path / "rewritten.jsonl.summary.json").read_text())
     assert summary["records"] == 3 and summary["seconds"]["generation"] > 0
-
-
-def test_http_rewriter_retries_then_fails_clearly():
-    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    rewriter = HTTPRewriter(
-        dead, "m", api_key=None, concurrency=1, timeout=2, retries=2, backoff=0.01
-    )
-    tic = time.perf_counter()
-    with pytest.raises(ConnectionError, match="no answer after 3 attempts"):
-        rewriter.generate(["hello"], [8])
-    assert time.perf_counter() - tic >= 0.03  # backed off 0.01 + 0.02
 
 
 # ---- the command line ----

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cd_fast.compress import compress
-from cd_fast.compress.rewrite import LocalRewriter
 from cd_fast.data import Trace
 from cd_fast.formats import chat_prompt
+from cd_fast.generate import make_generator
 from cd_fast.score.answer_delta import answer_losses
 
 
@@ -193,7 +193,7 @@ def test_lost_answer_policies(policy, scorer, mixed_traces):
 
 
 def test_rewrite_with_the_local_backend(smollm2_dir, short_traces):
-    rewriter = LocalRewriter(smollm2_dir, device="cpu", batch_size=2)
+    rewriter = make_generator(smollm2_dir, device="cpu", batch_size=2)
     traces = short_traces[:2]
     result = compress(
         traces,

@@ -61,7 +61,8 @@ def test_metrics_and_baseline_ratios():
         {"correct": c, "output_tokens": n, "truncated": t}
         for c, n, t in [(True, 50, False), (False, 150, True)]
     ]
-    result = metrics(run, {"accuracy": 0.6, "mean_output_tokens": 400.0})
+    training = {"asked_budget": 0.3, "training_ratio": 0.31}
+    result = metrics(run, {"accuracy": 0.6, "mean_output_tokens": 400.0}, training)
     assert result["accuracy"] == 0.5 and result["mean_output_tokens"] == 100.0
     assert result["median_output_tokens"] == 100 and result["truncation_rate"] == 0.5
     assert result["accuracy_per_1k_tokens"] == 5.0
@@ -69,6 +70,9 @@ def test_metrics_and_baseline_ratios():
         "accuracy_retained": 0.8333,
         "output_length_reduction": 4.0,
         "per_token_efficiency_gain": 3.333,
+        "asked_budget": 0.3,
+        "training_ratio": 0.31,
+        "inference_length_ratio": 0.25,
     }
 
 

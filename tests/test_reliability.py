@@ -1,4 +1,5 @@
-"""Bad input and interruptions across the five commands (segment, compress, score, train, eval).
+"""Bad input and interruptions across the commands (segment, compress, score, train, eval,
+generate).
 
 Every bad-input case ends in exactly one `cdfast CMD: error: ...` line and exit 2 (never a
 traceback, never exit 0 with nothing said), or in a counted warning where carrying on is right.
@@ -33,7 +34,7 @@ from cd_fast.score import ScoreStore
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS = random.Random(20261123)  # the kill points: random, and the same on every run
-COMMANDS = ("segment", "compress", "score", "train", "eval")
+COMMANDS = ("segment", "compress", "score", "train", "eval", "generate")
 
 
 # ---- running a command ----
@@ -171,6 +172,7 @@ def command_args(command: str, source: Path, out: Path, student: Path) -> list[o
         "--logging-steps 1 --save-steps 2 --device cpu --learning-rate 3e-3 "
         "--lr-scheduler-type constant",
         "eval": "--max-new-tokens 4 --batch-size 4 --device cpu",
+        "generate": "--max-new-tokens 4 --batch-size 4 --device cpu --temperature 0",
     }[command].split()
     model = {"compress": ["--tokenizer", student], "segment": []}.get(command, ["--model", student])
     return [command, source, "-o", out, *options, *model]
@@ -273,6 +275,8 @@ ZERO_OPTIONS = [
     ("score", "--max-tokens-per-batch"),
     ("eval", "--batch-size"),
     ("eval", "--max-new-tokens"),
+    ("generate", "--n"),
+    ("generate", "--max-new-tokens"),
     ("compress", "--batch-size"),
     ("train", "--max-tokens-per-step"),
     ("segment", "--threads"),

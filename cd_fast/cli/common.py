@@ -16,6 +16,8 @@ INPUT_HELP = """input layouts (detected on the first record, or --layout):
   think             "completion"/"response"/"output" holding <think>..</think>
   problem_solution  MATH-style "problem", "solution", "answer"
   gsm8k             "question" + "answer" ending in "#### <gold>"
+  questions         a question ("question"/"prompt"/"problem"/...) and an optional gold
+                    ("answer"/"gold"/...), no trace: read by generate and eval
 """
 
 
@@ -63,12 +65,14 @@ def add_job_arguments(parser: argparse.ArgumentParser, output_help: str, folder:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
 
 
-def open_input(args: argparse.Namespace, output: Path) -> tuple[ReadConfig, TraceReader]:
+def open_input(
+    args: argparse.Namespace, output: Path, need_traces: bool = True
+) -> tuple[ReadConfig, TraceReader]:
     """The reading options the flags give and the input opened with them, once `output` is
-    known not to be one of the input files."""
+    known not to be one of the input files (`need_traces` False: bare questions read too)."""
     read = config_from_args(ReadConfig, args)
     check_output_paths(output, args.input, read.prompts)
-    return read, read.open(args.input)
+    return read, read.open(args.input, need_traces)
 
 
 def record_total(reader: TraceReader, limit: int | None) -> int | None:

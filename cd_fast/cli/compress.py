@@ -16,6 +16,7 @@ from cd_fast.cli.common import (
 )
 from cd_fast.compress import CompressConfig, build_engine, compress_file
 from cd_fast.config import add_config_arguments, config_from_args
+from cd_fast.generate import BackendConfig
 from cd_fast.runtime import progress_bar
 
 NAME = "compress"
@@ -36,8 +37,8 @@ methods (--method) and criteria (--criterion):
   truncate  keep the head of the trace; --match-lengths OTHER.jsonl gives each record the
             length of its counterpart in another method's output
   rewrite   an instruct model rewrites the trace: --level 1 deletes words only, 2 a concise
-            rewrite keeping every step and number, 3 a few-word draft per step. Backends:
-            local (transformers), http (OpenAI-compatible server), vllm (offline engine)
+            rewrite keeping every step and number, 3 a few-word draft per step. Backends
+            (--backend): transformers (local), http (an OpenAI-compatible server), vllm
 
 Scores come from --scores DIR (the output of `cdfast score` on the same file) or are computed
 with --scorer MODEL. When a compressed trace lost the original's final answer (\\boxed{{}},
@@ -66,6 +67,7 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser, "output .jsonl (or the agreement table, .md)", folder=False)
     add_config_arguments(parser, CompressConfig)
+    add_config_arguments(parser, BackendConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             read,
             resume=args.resume,
             on_progress=lambda done: bar.update(done - bar.n),
+            backend=config_from_args(BackendConfig, args),
         )
     report_skips(reader)
     print_summary(summary, args.output)

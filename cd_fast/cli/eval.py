@@ -17,25 +17,33 @@ from cd_fast.cli.common import (
 from cd_fast.config import add_config_arguments, config_from_args
 from cd_fast.eval import EvalConfig, compare_table, evaluate
 from cd_fast.eval.run import METRICS, PREDICTIONS, metrics_table
+from cd_fast.generate import BackendConfig
 from cd_fast.runtime import progress_bar
 
 NAME = "eval"
 HELP = "generate with the student, grade with math-verify, report accuracy and output length"
-DESCRIPTION = f"""The student writes its full reasoning and answer for each question (greedy,
-batched, KV cache; --backend vllm when installed). Each response is graded against the record's gold
-answer with math-verify (\\boxed{{}}, "Answer:", "####", numbers with commas, fractions, LaTeX).
+DESCRIPTION = f"""The student writes its full reasoning and answer for each question (greedy).
+Backends (--backend): transformers (batched, KV cache, CPU or GPU), vllm (offline engine, when
+installed; --tensor-parallel-size), http (any OpenAI-compatible server: --base-url, and --model
+is the served name). Each response is graded against the record's gold answer with math-verify
+(\\boxed{{}}, "Answer:", "####", numbers with commas, fractions, LaTeX).
 
 RUN_DIR gets predictions.jsonl (graded responses; --resume continues a killed run) and
 metrics.json: accuracy, mean/median output tokens, truncation rate, accuracy per 1k output
 tokens, and with --baseline RUN the papers' ratios: accuracy retained, output-length reduction,
-per-token efficiency gain. --compare RUN... prints several runs side by side (the first is the
-baseline) without generating.
+per-token efficiency gain, and the three budgets of compress-then-distil: the budget the
+student's training traces were asked to keep and the token ratio they reached (read from the
+`cdfast train` run the model folder came from and its data's `cdfast compress` summary), and the
+student's output length against the baseline's (inference-length ratio). --compare RUN... prints
+several runs side by side (the first is the baseline) without generating.
 
 examples:
   cdfast eval ../shared/data/gsm8k/test.jsonl --model runs/original/final -o evals/original \\
       --limit 200 --max-new-tokens 1024
   cdfast eval ../shared/data/gsm8k/test.jsonl --model runs/step30/final -o evals/step30 \\
       --limit 200 --baseline evals/original
+  cdfast eval ../shared/data/math500/test.jsonl --model Qwen/Qwen2.5-0.5B-Instruct \\
+      -o evals/served --backend http --base-url http://127.0.0.1:8000/v1
   cdfast eval --compare evals/original evals/step30 evals/token30
 
 {INPUT_HELP}"""
@@ -53,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", type=Path, help="an earlier run folder to compare with")
     parser.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="runs to tabulate")
     add_config_arguments(parser, EvalConfig, title="generation (EvalConfig)", required=())
+    add_config_arguments(parser, BackendConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or use --compare RUN...)")
     config = config_from_args(EvalConfig, args)
-    read, reader = open_input(args, args.output)
+    read, reader = open_input(args, args.output, need_traces=False)
     with progress_bar("eval", record_total(reader, read.limit)) as bar:
         result = evaluate(
             reader,
@@ -74,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             baseline=args.baseline,
             on_progress=bar.update,
+            backend=config_from_args(BackendConfig, args),
         )
     report_skips(reader)
     print(metrics_table(result))

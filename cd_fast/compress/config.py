@@ -14,7 +14,6 @@ from cd_fast.score.store import MANIFEST
 
 KEEP, MODELS, REWRITE = "what to keep", "scores and models", "rewriting (--method rewrite)"
 LOST_ANSWER_POLICIES = ("expand", "original", "drop")
-BACKENDS = ("local", "http", "vllm")
 AGGREGATIONS = ("sum", "mean", "max")
 
 
@@ -145,40 +144,11 @@ class CompressConfig:
         help="rewrite: a prompt template file ({question}, {trace}, {target_words}) overriding the "
         "level's packaged one.",
     )
-    backend: str = option(
-        "local",
-        choices=BACKENDS,
-        group=REWRITE,
-        help="rewrite: local (transformers generate), http (OpenAI-compatible server), vllm "
-        "(offline).",
-    )
     rewriter: str | None = option(
         None,
         group=REWRITE,
-        help="rewrite: the instruct model (folder, hub id or .gguf for local/vllm; the served "
-        "model name for http).",
-    )
-    base_url: str = option(
-        "http://127.0.0.1:8000/v1",
-        group=REWRITE,
-        help="rewrite, http: the server's OpenAI-compatible base URL.",
-    )
-    api_key: str | None = option(
-        None,
-        group=REWRITE,
-        help="rewrite, http: bearer token (default: $OPENAI_API_KEY when set).",
-    )
-    concurrency: int = option(
-        8, minimum=1, group=REWRITE, help="rewrite, http: requests in flight."
-    )
-    timeout: float = option(
-        300.0, above=0, group=REWRITE, help="rewrite, http: seconds per request."
-    )
-    retries: int = option(
-        4,
-        minimum=0,
-        group=REWRITE,
-        help="rewrite, http: attempts after the first, with exponential backoff.",
+        help="rewrite: the instruct model (folder, hub id or .gguf for transformers/vllm; the "
+        "served model name for --backend http).",
     )
     max_new_tokens: int | None = option(
         None,
@@ -200,7 +170,10 @@ class CompressConfig:
         "here and answer-delta condition each trace on it.",
     )
     generation_batch_size: int = option(
-        8, minimum=1, group=MODELS, help="rewrite, local: sequences per generate() call."
+        8,
+        minimum=1,
+        group=MODELS,
+        help="rewrite, --backend transformers: sequences per generate() call.",
     )
     match_lengths: str | None = option(
         None,
@@ -259,8 +232,6 @@ class CompressConfig:
             raise ValueError(
                 "--explain applies to token, step and truncate (a rewrite has no dropped spans)"
             )
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}")
         check_target_template(self.target_template)
 
     @property
@@ -281,7 +252,6 @@ class CompressConfig:
         }
 
     def result_options(self) -> dict[str, Any]:
-        """The fields that decide what a run writes (its manifest's options): not the device,
-        the HTTP client's concurrency, timeout and retries, nor the API key."""
-        run_only = ("device", "api_key", "concurrency", "timeout", "retries")
+        """The fields that decide what a run writes (its manifest's options): not the device."""
+        run_only = ("device",)
         return {k: v for k, v in self.to_dict().items() if k not in run_only}

@@ -31,6 +31,7 @@ from cd_fast.compress.criteria import CRITERIA, SCORER
 from cd_fast.compress.engine import Compressor, RecordResult
 from cd_fast.compress.roles import role_summary
 from cd_fast.data import AtomicWriter, ReadConfig, Trace, TraceReader, dumps_record
+from cd_fast.generate import BackendConfig
 from cd_fast.runs import RunFolder, job_manifest
 from cd_fast.runtime import batched
 
@@ -164,7 +165,7 @@ def compress(
         counter: the student's tokenizer (default: the scorer's).
         scorer: a cd_fast.score.Scorer (token/step criteria other than random, adaptive).
         scores: precomputed RecordScores by id, instead of a scorer.
-        rewriter: a backend from cd_fast.compress.rewrite for method "rewrite".
+        rewriter: a `cd_fast.generate.Generator` for method "rewrite".
         options: any other CompressConfig field (criterion, adaptive, on_lost_answer, ...).
     """
     if match_lengths is not None:
@@ -318,26 +319,29 @@ def compress_file(
     resume: bool = False,
     on_progress: Callable[[int], None] | None = None,
     engine: Compressor | None = None,
+    backend: BackendConfig | None = None,
 ) -> dict[str, Any]:
     """Compress every record of `source` (a trace file read with `read`, or records) into
     `output` (JSONL), resumably; returns the summary.
 
     The run's manifest (the input files, reading options, every option that decides the
     output) is checked on --resume: a run under other settings is refused. `engine` is a
-    Compressor built from `config` (default: `build_engine(config)`, once the output is known
-    to be writable). `on_progress(n)` is called with the number of input records done."""
+    Compressor built from `config` (default: `build_engine(config, backend)`, once the output
+    is known to be writable). `on_progress(n)` is called with the number of input records
+    done."""
     read = read or ReadConfig()
     output = Path(output)
     opened = read.open(source)
-    manifest = job_manifest(
-        "compress", read, source, config.result_options(), inputs=config.input_files()
-    )
+    options = config.result_options()
+    if config.method == "rewrite":
+        options["backend"] = (backend or BackendConfig()).backend
+    manifest = job_manifest("compress", read, source, options, inputs=config.input_files())
     with CompressRun(output, manifest, resume) as run:
         if run.saved is not None and not run.in_progress:  # finished earlier, same settings
             summary = json.loads(run.summary.read_text(encoding="utf-8"))
             summary.pop("manifest", None)
             return summary
-        engine = engine or build_engine(config)
+        engine = engine or build_engine(config, backend)
         records = iter(read.records(opened))
         committed = run.committed
         if run.saved is not None:
@@ -428,9 +432,9 @@ def _run(
     return summary
 
 
-def build_engine(config: CompressConfig) -> Compressor:
+def build_engine(config: CompressConfig, backend: BackendConfig | None = None) -> Compressor:
     """Load what the config names: counting tokenizer, scorer, score store, matched lengths,
-    rewriter backend."""
+    the rewriter on its generation `backend` (default: transformers)."""
     from cd_fast.models import load_causal_lm, load_tokenizer
     from cd_fast.score import Scorer, ScoreStore
 
@@ -465,7 +469,12 @@ def build_engine(config: CompressConfig) -> Compressor:
     if config.method == "rewrite":
         if not config.rewriter:
             raise ValueError("method rewrite needs --rewriter (a model, or the served name)")
-        from cd_fast.compress.rewrite import make_rewriter
+        from cd_fast.generate import make_generator
 
-        rewriter = make_rewriter(config)
+        rewriter = make_generator(
+            config.rewriter,
+            backend,
+            device=config.device,
+            batch_size=config.generation_batch_size,
+        )
     return Compressor(config, counter, scorer, scores, match, rewriter)

@@ -38,6 +38,7 @@ from cd_fast.compress.select import (
 )
 from cd_fast.compress.units import answer_units, split_out, step_units
 from cd_fast.formats import answer_span
+from cd_fast.generate import Request, Sampling
 from cd_fast.score.steps import token_steps
 
 WORDS_PER_TOKEN = 0.75
@@ -299,9 +300,13 @@ class Rewriting(Method):
         ]
         limits = [self.config.max_new_tokens or max(64, int(1.5 * n)) for n in targets.tolist()]
         tic = time.perf_counter()
-        texts = self.context.rewriter.generate(prompts, limits)
+        requests = [
+            Request.user(prompt, Sampling(max_new_tokens=limit))
+            for prompt, limit in zip(prompts, limits, strict=True)
+        ]
+        replies = self.context.rewriter.generate(requests)
         self.context.seconds["generation"] += time.perf_counter() - tic
-        return texts
+        return [samples[0].text for samples in replies]
 
     def select(self, item: Item, view: str, target: int) -> Selection:
         return Selection(view)

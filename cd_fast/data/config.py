@@ -54,9 +54,12 @@ class ReadConfig:
         self.field = tuple(self.field or ())
         parse_fields(list(self.field))  # one line for a malformed mapping, before any work
 
-    def open(self, source: str | Path | TraceReader | Iterable[Any]) -> Iterable[Trace]:
-        """The records of `source`: a file read with these options (a TraceReader), a reader
-        as it is, or Trace objects / dicts."""
+    def open(
+        self, source: str | Path | TraceReader | Iterable[Any], need_traces: bool = True
+    ) -> Iterable[Trace]:
+        """The records of `source`: a file read with these options (a TraceReader; with
+        `need_traces` False a file of bare questions reads too), a reader as it is, or Trace
+        objects / dicts."""
         if isinstance(source, (str, Path)):
             return TraceReader(
                 source,
@@ -65,6 +68,7 @@ class ReadConfig:
                 prompts=self.prompts,
                 join=self.join,
                 skip_invalid=self.skip_invalid,
+                need_traces=need_traces,
             )
         if isinstance(source, TraceReader):
             return source

@@ -12,6 +12,10 @@ Layouts recognised on the first record (explicit ``fields`` override any of them
   holds ``<think>..</think>`` (the opening tag may be missing: Qwen templates put it in the prompt).
 - ``problem_solution``: ``problem`` + ``solution`` (+ ``answer`` as gold), e.g. MATH.
 - ``gsm8k``: ``question`` + ``answer`` whose last line is ``#### <gold>``.
+- ``questions``: a question (``question``/``prompt``/``problem``/...) and an optional gold
+  answer, no trace (the trace is empty): what `cdfast generate` and `cdfast eval` read. Detected
+  only for readers that do not need traces (``need_traces=False``); other commands take it when
+  named with ``--layout questions``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,16 @@ from cd_fast.data.record import DataError, Trace, _kind
 from cd_fast.formats import THINK_CLOSE, THINK_OPEN, split_completion
 
 TARGETS = ("id", "question", "trace", "answer", "gold", "completion")
-LAYOUTS = ("auto", "trace", "messages", "reasoning", "think", "problem_solution", "gsm8k")
+LAYOUTS = (
+    "auto",
+    "trace",
+    "messages",
+    "reasoning",
+    "think",
+    "problem_solution",
+    "gsm8k",
+    "questions",
+)
 
 _ID_KEYS = ("id", "item_id", "unique_id", "uid", "problem_id", "question_id", "idx")
 _QUESTION_KEYS = ("question", "prompt", "problem", "input", "instruction", "query")
@@ -222,6 +235,10 @@ class _Converter:
             values["trace"] = _GSM8K_CALCULATOR.sub("", body).strip()
             values["gold"] = values["answer"] = gold.strip()
             used.add("answer")
+        elif layout == "questions":
+            take("question", _QUESTION_KEYS, required=True)
+            take("gold", _GOLD_KEYS, required=False)
+            values["trace"] = ""
         return values, used
 
     def _from_messages(self, messages: list[Any], location: str) -> dict[str, Any]:
@@ -436,6 +453,8 @@ class TraceReader:
         prompts: a prompts file to join onto each record (its fields fill in what the trace lacks).
         join: "TRACE_KEY=PROMPT_KEY" (or one KEY for both); default: item_id/prompt_id/... = id.
         skip_invalid: count and list bad records in `skipped` instead of raising DataError.
+        need_traces: False for commands that read only questions (and golds): "auto" then
+            takes a file of bare questions as the "questions" layout.
     """
 
     def __init__(
@@ -447,6 +466,7 @@ class TraceReader:
         prompts: str | Path | None = None,
         join: str | None = None,
         skip_invalid: bool = False,
+        need_traces: bool = True,
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -458,6 +478,7 @@ class TraceReader:
         self.records = 0
         self.prompts_path = Path(prompts) if prompts is not None else None
         self._join = join
+        self.need_traces = need_traces
         self._converter: _Converter | None = None
 
     def count_hint(self) -> int | None:
@@ -546,6 +567,8 @@ class TraceReader:
             layout = "mapped"
         elif layout == "auto":
             detected = detect_layout(first) if isinstance(first, dict) else None
+            if detected is None and not self.need_traces and isinstance(first, dict):
+                detected = "questions" if _first_text(first, _QUESTION_KEYS, set()) else None
             if detected is None:
                 keys = ", ".join(sorted(first)) if isinstance(first, dict) else _kind(first)
                 raise DataError(

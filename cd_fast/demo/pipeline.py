@@ -197,9 +197,9 @@ def _compress(
     scores = {record.id: record for record in scorer.score(traces)}
     backend = None
     if rewriter:
-        from cd_fast.compress.rewrite import LocalRewriter
+        from cd_fast.generate import make_generator
 
-        backend = LocalRewriter(rewriter, device=device)
+        backend = make_generator(rewriter, device=device)
     sets = {}
     for budget in budgets:
         common = {"scorer": scorer, "scores": scores, "explain": True}

@@ -18,40 +18,40 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cd_fast.config import check_ranges, option
 from cd_fast.data import AtomicWriter, ReadConfig, Trace, TraceReader
 from cd_fast.eval.grade import grade
+from cd_fast.generate import BackendConfig, Generator, Request, Sampling, make_generator
 from cd_fast.runs import RunFolder, job_manifest
 from cd_fast.runtime import batched
 
-BACKENDS = ("transformers", "vllm")
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 
 
 @dataclass
 class EvalConfig:
-    """How `cdfast eval` generates; CLI flags map one to one."""
+    """How `cdfast eval` generates (greedy); CLI flags map one to one. The backend and how it
+    reaches a server are a `cd_fast.generate.BackendConfig`."""
 
-    model: str = option(help="The student: folder, hub id or .gguf file.")
+    model: str = option(
+        help="The student: folder, hub id or .gguf file (the served model name for --backend http)."
+    )
     max_new_tokens: int = option(
         1024,
         minimum=1,
         help="Generation cap; a response that reaches it without stopping counts as truncated.",
     )
-    batch_size: int = option(16, minimum=1, help="Questions generated together.")
+    batch_size: int = option(
+        16, minimum=1, help="Questions generated together (and committed together)."
+    )
     stop: tuple[str, ...] = option((), help="Extra stop strings (EOS always stops).")
-    device: str | None = option(None, help="cuda or cpu (default: cuda when available).")
-    backend: str = option(
-        "transformers",
-        choices=BACKENDS,
-        help="transformers (batched generate, KV cache; static cache + compile on CUDA with "
-        "compile=True) or vllm (offline engine, when installed).",
+    device: str | None = option(
+        None, help="transformers backend: cuda or cpu (default: cuda when available)."
     )
     compile: bool = option(
-        False, help="CUDA: static KV cache and torch.compile of the forward pass."
+        False,
+        help="transformers backend on CUDA: static KV cache and torch.compile of the forward.",
     )
 
     def __post_init__(self) -> None:
@@ -60,53 +60,13 @@ class EvalConfig:
         check_ranges(self)
 
     def result_options(self) -> dict[str, Any]:
-        """The fields that decide the predictions (a run's manifest options): not the device,
-        batch size or backend."""
+        """The fields that decide the predictions (a run's manifest options): not the device
+        or batch size."""
         return {"model": self.model, "max_new_tokens": self.max_new_tokens, "stop": self.stop}
 
-
-class TransformersGenerator:
-    def __init__(self, config: EvalConfig):
-        from cd_fast.models import load_generator
-
-        self.config = config
-        self.model, self.tokenizer = load_generator(config.model, device=config.device)
-        device = self.model.get_output_embeddings().weight.device
-        if config.compile and device.type == "cuda":
-            self.model.generation_config.cache_implementation = "static"
-            self.model.forward = torch.compile(self.model.forward, mode="reduce-overhead")
-
-    def __call__(self, questions: list[str]) -> list[tuple[str, int, bool]]:
-        """(response, output tokens, truncated) per question."""
-        from cd_fast.models import generate_greedy
-
-        return generate_greedy(
-            self.model, self.tokenizer, questions, self.config.max_new_tokens, self.config.stop
-        )
-
-
-class VLLMGenerator:
-    def __init__(self, config: EvalConfig):
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError:
-            raise ImportError("backend vllm needs vLLM: pip install vllm") from None
-        self.llm = LLM(model=config.model)
-        self.params = SamplingParams(
-            temperature=0.0, max_tokens=config.max_new_tokens, stop=list(config.stop) or None
-        )
-
-    def __call__(self, questions: list[str]) -> list[tuple[str, int, bool]]:
-        conversations = [[{"role": "user", "content": q}] for q in questions]
-        results = self.llm.chat(conversations, self.params, use_tqdm=False)
-        return [
-            (
-                r.outputs[0].text.strip(),
-                len(r.outputs[0].token_ids),
-                r.outputs[0].finish_reason == "length",
-            )
-            for r in results
-        ]
+    def requests(self, questions: list[str]) -> list[Request]:
+        sampling = Sampling(max_new_tokens=self.max_new_tokens, stop=self.stop)
+        return [Request.user(q, sampling) for q in questions]
 
 
 @dataclass
@@ -120,8 +80,13 @@ class Prediction:
     correct: bool
 
 
-def metrics(predictions: list[dict[str, Any]], baseline: dict[str, Any] | None = None):
-    """Accuracy, output length and truncation; with a baseline run's metrics, the ratios."""
+def metrics(
+    predictions: list[dict[str, Any]],
+    baseline: dict[str, Any] | None = None,
+    training: dict[str, float | None] | None = None,
+):
+    """Accuracy, output length and truncation; with a baseline run's metrics, the ratios (and
+    the student's `training` data ratios, `training_data`)."""
     count = len(predictions)
     lengths = [p["output_tokens"] for p in predictions]
     accuracy = sum(p["correct"] for p in predictions) / count if count else 0.0
@@ -134,6 +99,8 @@ def metrics(predictions: list[dict[str, Any]], baseline: dict[str, Any] | None =
         "truncation_rate": round(sum(p["truncated"] for p in predictions) / max(count, 1), 4),
         "accuracy_per_1k_tokens": round(accuracy / (mean_tokens / 1000), 4) if mean_tokens else 0,
     }
+    if training is not None:
+        out["training_data"] = training
     if baseline:
         out["vs_baseline"] = ratios(out, baseline)
     return out
@@ -187,10 +154,6 @@ class EvalRun(RunFolder):
         return [self.predictions_file]
 
 
-def make_generator(config: EvalConfig) -> Callable[[list[str]], list[tuple[str, int, bool]]]:
-    return VLLMGenerator(config) if config.backend == "vllm" else TransformersGenerator(config)
-
-
 def evaluate(
     source: str | Path | TraceReader | Iterable[Trace],
     run_dir: str | Path,
@@ -198,28 +161,38 @@ def evaluate(
     read: ReadConfig | None = None,
     resume: bool = False,
     baseline: Path | None = None,
-    generator: Callable[[list[str]], list[tuple[str, int, bool]]] | None = None,
+    generator: Generator | None = None,
     on_progress: Callable[[int], None] | None = None,
+    backend: BackendConfig | None = None,
 ) -> dict[str, Any]:
     """Generate, grade and score every question of `source` (a file read with `read`, or
     records) into `run_dir`; returns the metrics.
 
-    The run's manifest (input files, reading options, the options that decide the predictions)
-    is checked on --resume: a run under other settings is refused."""
+    The student answers through `generator`, or the generation `backend` (default:
+    transformers). The run's manifest (input files, reading options, the options that decide
+    the predictions) is checked on --resume: a run under other settings is refused."""
     read = read or ReadConfig()
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"{run_dir} is a file: eval writes a run folder; choose another -o")
     base = read_metrics(Path(baseline)) if baseline else None
-    records = read.records(read.open(source))
-    manifest = job_manifest("eval", read, source, config.result_options())
+    records = read.records(read.open(source, need_traces=False))
+    backend = backend or BackendConfig()
+    options = {**config.result_options(), "backend": backend.backend}
+    manifest = job_manifest("eval", read, source, options)
     with EvalRun(run_dir, manifest, resume) as run:
-        generate = generator or make_generator(config)  # loads (or refuses) the model
+        generator = generator or make_generator(  # loads (or refuses) the model
+            config.model,
+            backend,
+            device=config.device,
+            batch_size=config.batch_size,
+            compile=config.compile,
+        )
         done = run.predictions()
         run.start()
         with AtomicWriter(run.predictions_file) as handle:  # without a torn last line
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
-        return _evaluate(records, run_dir, config, done, base, generate, on_progress)
+        return _evaluate(records, run_dir, config, done, base, generator, on_progress)
 
 
 def _evaluate(
@@ -228,7 +201,7 @@ def _evaluate(
     config: EvalConfig,
     done: list[dict[str, Any]],
     base: dict[str, Any] | None,
-    generate: Callable[[list[str]], list[tuple[str, int, bool]]],
+    generator: Generator,
     on_progress: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     path = run_dir / PREDICTIONS
@@ -247,15 +220,22 @@ def _evaluate(
 
     with path.open("a", encoding="utf-8") as handle:
         for batch in batched(pending(), config.batch_size):
-            responses = generate([t.question for t in batch])
-            for trace, (text, tokens, truncated) in zip(batch, responses, strict=True):
+            replies = generator.generate(config.requests([t.question for t in batch]))
+            for trace, (reply,) in zip(batch, replies, strict=True):
+                if reply.output_tokens is None:
+                    raise ValueError(
+                        "the server's replies carry no token usage: eval needs output lengths; "
+                        "use a server that reports `usage` (vLLM, SGLang, llama.cpp, "
+                        "transformers serve)"
+                    )
+                text = reply.full_text()
                 record = Prediction(
                     id=trace.id,
                     question=trace.question,
                     gold=trace.gold,
                     prediction=text,
-                    output_tokens=tokens,
-                    truncated=truncated,
+                    output_tokens=reply.output_tokens,
+                    truncated=reply.truncated,
                     correct=grade(text, trace.gold),
                 )
                 done.append(asdict(record))
@@ -264,7 +244,7 @@ def _evaluate(
             os.fsync(handle.fileno())
             if on_progress is not None:
                 on_progress(len(batch))
-    result = metrics(done, base)
+    result = metrics(done, base, training_data(config.model))
     result.update(
         {
             "model": config.model,
@@ -306,7 +286,16 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
 def compare_table(run_dirs: list[Path]) -> str:
     """Markdown table of several eval runs; ratios to the first run as the baseline."""
     runs = [read_metrics(Path(run)) for run in run_dirs]
-    header = ["run", *COMPARE_COLUMNS, "accuracy_retained", "length_reduction", "efficiency_gain"]
+    header = [
+        "run",
+        *COMPARE_COLUMNS,
+        "accuracy_retained",
+        "length_reduction",
+        "efficiency_gain",
+        "asked_budget",
+        "training_ratio",
+        "inference_length_ratio",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base = runs[0]
     for run_dir, run in zip(run_dirs, runs, strict=True):
@@ -321,13 +310,48 @@ def compare_table(run_dirs: list[Path]) -> str:
 
 
 def ratios(run: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
-    """The papers' ratios of a run to a baseline run (their metrics)."""
+    """The papers' ratios of a run to a baseline run (their metrics): accuracy retained,
+    output-length reduction and per-token efficiency gain; and the three budgets of the
+    compress-then-distil papers: the budget the student's training traces were asked to keep,
+    the token ratio they reached, and the student's output length against the baseline's."""
     accuracy, tokens = run["accuracy"], run["mean_output_tokens"]
     base_accuracy, base_tokens = base["accuracy"], base["mean_output_tokens"]
+    training = run.get("training_data") or {}
     return {
         "accuracy_retained": round(accuracy / base_accuracy, 4) if base_accuracy else None,
         "output_length_reduction": round(base_tokens / tokens, 3) if tokens else None,
         "per_token_efficiency_gain": round((accuracy / tokens) / (base_accuracy / base_tokens), 3)
         if tokens and base_accuracy and base_tokens
         else None,
+        "asked_budget": training.get("asked_budget"),
+        "training_ratio": training.get("training_ratio"),
+        "inference_length_ratio": round(tokens / base_tokens, 4) if base_tokens else None,
     }
+
+
+def training_data(model: str | Path) -> dict[str, float | None]:
+    """What the student was trained on, as far as its files tell: the `cdfast train` run it came
+    from (run.json in the model folder or the one above) names the data file, and that file's
+    `cdfast compress` summary (FILE.summary.json) holds the budget asked and the token ratio
+    reached. None for what is not known (a hub model, traces that were never compressed)."""
+    known: dict[str, float | None] = {"asked_budget": None, "training_ratio": None}
+    folder = Path(model).expanduser()
+    manifests = [f / "run.json" for f in (folder, folder.parent) if folder.is_dir()]
+    for manifest in filter(Path.is_file, manifests):
+        try:
+            saved = json.loads(manifest.read_text(encoding="utf-8"))
+            data = saved["inputs"]["data"]["path"] if saved.get("command") == "train" else None
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        summary = Path(f"{data}.summary.json") if data else None
+        if summary is None or not summary.is_file():
+            continue
+        try:
+            compressed = json.loads(summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        known.update(
+            asked_budget=compressed.get("budget"), training_ratio=compressed.get("ratio_tokens")
+        )
+        break
+    return known
