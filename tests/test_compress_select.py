@@ -9,6 +9,7 @@ from cd_fast.compress.rewrite import fill_template, prompt_template
 from cd_fast.compress.select import join_spans
 from cd_fast.data import Trace
 from cd_fast.formats import answer_position, contains_answer
+from cd_fast.generate import Generator, Reply
 from cd_fast.score.steps import step_scores
 from cd_fast.score.store import RecordScores
 
@@ -149,9 +150,13 @@ def test_stored_step_scores_follow_the_steps_they_are_read_for():
 
 
 def test_rewrite_and_random_pruning_through_the_registry():
-    class Echo:
-        def generate(self, prompts, limits):
-            return [f"short {n}" for n in limits]
+    class Echo(Generator):
+        """Replies with the token limit it was given."""
+
+        def stream(self, requests):
+            for i, request in enumerate(requests):
+                limit = request.sampling.max_new_tokens
+                yield i, [Reply(f"short {limit}", None, None, None, truncated=False)]
 
     traces = make_traces(3)
     result = compress(traces, "rewrite", 0.5, counter=CharTokenizer(), rewriter=Echo())
