@@ -6,12 +6,16 @@ name, so a patch reaches them."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
 IGNORE_INDEX = -100
+# The model keyword that carries a packed batch's boundaries as host ints to cd_fast's varlen
+# attention (its sdpa backend splits sequences on the host; transformers passes it through).
+HOST_CU_SEQLENS = "cd_fast_host_cu_seqlens"
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -50,8 +54,9 @@ class PackedBatch:
         """Keyword arguments for an HF causal LM running cd_fast's varlen attention.
 
         The all-true 2D attention mask stops transformers from probing position_ids for packed
-        sequences (a host sync); the attention reads the boundaries from cu_seq_lens_*. No KV
-        cache: training and scoring never reuse it.
+        sequences (a host sync); the attention reads the boundaries from cu_seq_lens_* (and, for
+        its host-side sdpa backend, from HOST_CU_SEQLENS). No KV cache: training and scoring
+        never reuse it.
         """
         return {
             "input_ids": self.input_ids,
@@ -61,5 +66,6 @@ class PackedBatch:
             "cu_seq_lens_k": self.cu_seqlens,
             "max_length_q": self.max_seqlen,
             "max_length_k": self.max_seqlen,
+            HOST_CU_SEQLENS: [0, *itertools.accumulate(self.seq_lengths)],
             "use_cache": False,
         }

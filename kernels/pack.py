@@ -97,7 +97,7 @@ def pack_fwd(
         kernel_fallback_once(logger, device, "pack_sequences")
         from cd_fast.kernels.reference import pack_from_store_ref
 
-        return pack_from_store_ref(store, src_offsets, lengths, prompt_lengths)
+        return pack_from_store_ref(store, src_offsets, lengths, prompt_lengths, num_label_tokens)
 
     meta_host = torch.from_numpy(
         np.stack([np.asarray(src_offsets, dtype=np.int64), lengths_np, prompts_np, destinations])

@@ -17,8 +17,11 @@ def pack_from_store_ref(
     src_offsets: Sequence[int],
     lengths: Sequence[int],
     prompt_lengths: Sequence[int],
+    num_label_tokens: int | None = None,
 ) -> PackedBatch:
-    """Reference of `pack_fwd`: the obvious per-sequence slicing and torch.cat."""
+    """Reference of `pack_fwd`: the obvious per-sequence slicing and torch.cat. The label count
+    is read back from the labels built unless the caller knows it (`pack_fwd`'s fallback: the
+    step loop never waits on the device)."""
     pieces, labels, positions = [], [], []
     for offset, length, prompt in zip(src_offsets, lengths, prompt_lengths, strict=True):
         offset, length, prompt = int(offset), int(length), int(prompt)
@@ -29,7 +32,9 @@ def pack_from_store_ref(
         labels.append(torch.where(position >= max(prompt, 1), tokens, IGNORE_INDEX))
     lengths_list = [int(n) for n in lengths]
     cu_seqlens = torch.tensor(np.concatenate([[0], np.cumsum(lengths_list)]), dtype=torch.int32)
-    num_labels = int(sum(int((label != IGNORE_INDEX).sum()) for label in labels))
+    num_labels = num_label_tokens
+    if num_labels is None:
+        num_labels = int(sum(int((label != IGNORE_INDEX).sum()) for label in labels))
     return PackedBatch(
         input_ids=torch.cat(pieces)[None],
         labels=torch.cat(labels)[None],

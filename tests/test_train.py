@@ -913,3 +913,68 @@ def test_compiled_blocks_match_eager_on_gpu(tmp_path):
     _, eager = gpu_run(tmp_path / "eager", gpu_model(), max_steps=4)
     _, compiled = gpu_run(tmp_path / "compiled", gpu_model(), max_steps=4, compile=True)
     assert compiled == pytest.approx(eager, rel=2e-2)
+
+
+# ---- host syncs: none inside a training step ----
+
+
+@pytest.mark.parametrize(
+    "name, processes, extra",
+    [
+        ("full", 1, ()),
+        ("lora", 1, ("--lora-r", "4")),
+        ("ddp", 2, ("--lora-r", "4", "--distributed", "ddp")),
+        ("fsdp", 2, ("--distributed", "fsdp")),
+    ],
+)
+def test_a_training_step_never_waits_on_the_device(
+    name, processes, extra, tiny_models, shared_data, tmp_path
+):
+    """20 steps with nan_policy skip, counted by tests/count_syncs.py (a TorchDispatchMode and
+    patched Tensor.item/tolist): no sync op inside any step; the logging windows, where the
+    loop is meant to read its losses, do sync (the counter sees them)."""
+    args = train_args(tiny_models["qwen2"], shared_data, tmp_path / "run", *extra)
+    args += ["--max-steps", "20", "--logging-steps", "5", "--nan-policy", "skip"]
+    args += ["--export", "none"]
+    counts = tmp_path / "syncs.json"
+    script = [str(REPO / "tests" / "count_syncs.py"), str(counts)]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command = [*launcher, "--nproc-per-node", str(processes), *script, *args]
+    else:
+        command = [sys.executable, *script, *args]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=TORCHRUN_ENV, cwd=REPO, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = [counts] if processes == 1 else sorted(tmp_path.glob("syncs.rank*.json"))
+    assert len(files) == processes
+    for file in files:
+        found = json.loads(file.read_text())
+        assert sorted(map(int, found["steps"])) == list(range(1, 21))
+        assert {step: ops for step, ops in found["steps"].items() if ops} == {}, file.name
+        assert sorted(map(int, found["windows"])) == [5, 10, 15, 20]
+        assert all(found["windows"].values())
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_training_steps_run_under_sync_debug_mode_error(tmp_path):
+    """On CUDA, with cd_fast's chunked loss (Liger's reads its label count back), 10 steps
+    with nan_policy skip: any host sync inside a step raises."""
+    from cd_fast.train import trainer as trainer_module
+
+    original = trainer_module.Trainer._train_step
+
+    def strict(self, *args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    trainer_module.Trainer._train_step = strict
+    try:
+        gpu_run(tmp_path, gpu_model(), liger=False, nan_policy="skip", logging_steps=5)
+    finally:
+        trainer_module.Trainer._train_step = original

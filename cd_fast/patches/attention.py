@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cd_fast.kernels.outputs import HOST_CU_SEQLENS
 from cd_fast.runtime import pick_backend, warn_once
 
 logger = logging.getLogger(__name__)
@@ -178,12 +179,15 @@ def varlen_attention(
     window: int | None = None,
     softcap: float | None = None,
     backend: str | None = None,
+    host_cu_seqlens: list[int] | None = None,
 ) -> torch.Tensor:
     """Attention over packed sequences.
 
     Args:
         q: [T, Hq, D]; k, v: [T, Hkv, D] with Hq a multiple of Hkv (GQA).
         cu_seqlens: int32 [B + 1] sequence boundaries; max_seqlen: longest sequence (host int).
+        host_cu_seqlens: the same boundaries as host ints, when the caller has them: the sdpa
+            backend splits the sequences on the host and would read them back otherwise.
         window: sliding-window size (tokens attended, the current one included), or None.
         softcap: tanh soft-capping of the scores (fa2/fa4 only).
 
@@ -228,7 +232,8 @@ def varlen_attention(
             options["window_size"] = (left, 0 if causal else left)
         return _torch_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **options)
     if backend == "sdpa":
-        return _sdpa_varlen(q, k, v, cu_seqlens.tolist(), scale, causal, window)
+        bounds = host_cu_seqlens if host_cu_seqlens is not None else cu_seqlens.tolist()
+        return _sdpa_varlen(q, k, v, bounds, scale, causal, window)
     raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
 
 
@@ -291,6 +296,7 @@ def attention_forward(
     elif max_seqlen is None:
         raise ValueError("cu_seq_lens_q was given without max_length_q")
     max_seqlen = int(max_seqlen)  # a host int: never read back from the device here
+    host_cu_seqlens = kwargs.get(HOST_CU_SEQLENS) if keep is None else None
 
     out = varlen_attention(
         q,
@@ -302,6 +308,7 @@ def attention_forward(
         causal=causal,
         window=sliding_window,
         softcap=softcap,
+        host_cu_seqlens=host_cu_seqlens,
     )
     if keep is not None:
         full = out.new_zeros(batch * seq, heads, dim)

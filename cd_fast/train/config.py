@@ -124,7 +124,7 @@ class TrainConfig:
         "stop",
         choices=NAN_POLICIES,
         help='On a non-finite loss: "stop" (checked at each log, names the step and samples) or '
-        '"skip" the step (one host sync per step).',
+        '"skip" the step (decided on the device, no host sync; reported at the next log).',
     )
     max_memory: float | None = option(
         None,

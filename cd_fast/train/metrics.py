@@ -133,28 +133,41 @@ class StepTiming:
 
 @dataclass
 class LoggingWindow:
-    """The steps since the last logging point: their losses stay on the device until it
-    closes."""
+    """The steps since the last logging point: their losses, and under nan_policy="skip" whether
+    each updated the weights, stay on the device until it closes."""
 
     first_step: int
     start: float  # perf_counter at its start (checkpoint time excluded)
-    steps: list[tuple[int, torch.Tensor, int, list[str]]] = field(default_factory=list)
+    steps: list[tuple[int, torch.Tensor, int, list[str], torch.Tensor | None]] = field(
+        default_factory=list
+    )
     flops: float = 0.0
     label_tokens: int = 0
     grad_norm: torch.Tensor | None = None
     lr: float = 0.0
-    loss_sums: list[float] = field(default_factory=list)  # read when it closes
+    loss_sums: list[float] = field(default_factory=list)  # the updated steps', read when it closes
+    labels: int = 0  # the updated steps' label tokens
 
-    def add(self, step: int, loss_sum: torch.Tensor, labels: int, ids: list[str]) -> None:
-        """A step that updated the weights: its summed loss (a device tensor) and label count."""
-        self.steps.append((step, loss_sum, labels, ids))
+    def add(
+        self,
+        step: int,
+        loss_sum: torch.Tensor,
+        labels: int,
+        ids: list[str],
+        skipped: torch.Tensor | None = None,
+    ) -> None:
+        """A step: its summed loss (a device tensor), label count and samples; `skipped` (a
+        device bool, nan_policy="skip") says whether the optimizer left the weights as they
+        were."""
+        self.steps.append((step, loss_sum, labels, ids, skipped))
 
     def close(
         self, step: int, device: torch.device, world_size: int
-    ) -> tuple[StepTiming, dict[int, float]]:
-        """Time the window (syncing CUDA) and read its losses, summed over the ranks: (the
-        timing, each step's mean loss). A non-finite loss stops the run, naming the step and
-        its samples."""
+    ) -> tuple[StepTiming, dict[int, float], list[tuple[int, list[str]]]]:
+        """Time the window (syncing CUDA) and read its losses, summed over the ranks, and which
+        steps were skipped, in one transfer: (the timing, each updated step's mean loss, each
+        skipped step with its samples). A non-finite loss of an updated step stops the run,
+        naming the step and its samples."""
         if device.type == "cuda":
             torch.cuda.synchronize()
         timing = StepTiming(
@@ -166,28 +179,34 @@ class LoggingWindow:
             peak_memory_gib=round(peak_memory_gib(device), 3),
         )
         if not self.steps:
-            return timing, {}
-        sums = torch.stack([loss for _, loss, _, _ in self.steps])
+            return timing, {}, []
+        sums = torch.stack([loss for _, loss, _, _, _ in self.steps])
         if world_size > 1:
             dist.all_reduce(sums)
-        self.loss_sums = sums.double().cpu().tolist()
-        losses = {}
-        for (at, _, labels, ids), total in zip(self.steps, self.loss_sums, strict=True):
+        no = torch.zeros((), dtype=torch.bool, device=sums.device)
+        skips = torch.stack([no if s is None else s for *_, s in self.steps])
+        read = torch.stack([sums.double(), skips.double()]).cpu().tolist()
+        losses, skipped = {}, []
+        for (at, _, labels, ids, _), total, skip in zip(self.steps, *read, strict=True):
+            if skip:
+                skipped.append((at, ids))
+                continue
             losses[at] = total / max(labels, 1)
+            self.loss_sums.append(total)
+            self.labels += labels
             if not math.isfinite(losses[at]):
                 raise NonFiniteLossError(
                     f"step {at}: loss is {losses[at]} (samples: {', '.join(ids[:20])}); "
                     "lower the learning rate, check these records, or use nan_policy='skip'"
                 )
-        return timing, losses
+        return timing, losses, skipped
 
     def row(self, timing: StepTiming, epoch: int, peak: float | None, ranks: int) -> dict:
         """The metrics.jsonl row of a closed window (its mean loss over its label tokens)."""
-        labels = sum(labels for _, _, labels, _ in self.steps)
         row = {
             "step": timing.last_step,
             "epoch": epoch,
-            "loss": sum(self.loss_sums) / max(labels, 1),
+            "loss": sum(self.loss_sums) / max(self.labels, 1),
             "lr": self.lr,
             "grad_norm": float(self.grad_norm),
             "tokens_per_s": timing.tokens_per_s,

@@ -3,14 +3,18 @@ model computes in bf16), gradient clipping and the learning-rate schedule."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from cd_fast.runtime import warn_once
 from cd_fast.train import distributed
 from cd_fast.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 class MasterWeights:
@@ -60,7 +64,17 @@ class Optimization:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.optimized, max_norm, foreach=True)
         return distributed.full_norm(grad_norm)
 
-    def update(self) -> None:
+    def update(self, skip: torch.Tensor | None = None) -> None:
+        """The optimizer step. `skip` (a device bool) true leaves the weights and the optimizer
+        state exactly as they were, decided on the device: fused AdamW reads it as its
+        `found_inf`; bitsandbytes' 8-bit AdamW cannot, and reads it on the host (a sync)."""
+        if skip is not None:
+            if getattr(self.optimizer, "defaults", {}).get("fused"):
+                self.optimizer.found_inf = skip.float()
+            else:
+                warn_once(logger, "adamw_8bit skips non-finite steps with a host sync per step")
+                if bool(skip):
+                    return
         self.optimizer.step()
         if self.masters:
             self.masters.masters_to_params()

@@ -374,7 +374,8 @@ class Trainer:
 
     def _train_step(self, pieces: list[Piece], window: LoggingWindow, result: TrainResult) -> None:
         """One optimizer step over `pieces` (this rank's micro-batches of it), accounted in
-        `window`; a non-finite step is skipped under nan_policy="skip"."""
+        `window`; a non-finite step is skipped under nan_policy="skip", decided on the device
+        (no host sync: the window reports it when it closes)."""
         c = self.config
         micro = split_step(pieces, c.gradient_accumulation_steps * self.world_size)
         first = self.rank * c.gradient_accumulation_steps
@@ -389,16 +390,9 @@ class Trainer:
         grad_norm = self.optim.clip()
         ids = [self.train_set.ids[p.index] for p in pieces]
         self.step += 1
-        if c.nan_policy == "skip" and not self._finite(loss_sum, grad_norm):
-            result.skipped_steps.append(self.step)
-            logger.warning(
-                "step %d: non-finite loss or gradient, skipped (samples: %s)",
-                self.step,
-                ", ".join(ids[:20]),
-            )
-        else:
-            self.optim.update()
-            window.add(self.step, loss_sum, labels, ids)
+        skipped = self._non_finite(loss_sum, grad_norm) if c.nan_policy == "skip" else None
+        self.optim.update(skipped)
+        window.add(self.step, loss_sum, labels, ids, skipped)
         self.optim.zero_grad()
         window.lr = self.optim.next_lr()
         window.grad_norm = grad_norm
@@ -408,7 +402,14 @@ class Trainer:
     def _close_window(self, window: LoggingWindow, result: TrainResult) -> dict[str, Any] | None:
         """Time the window and read its losses (the one place the loop syncs); write its
         metrics row and return it (None for a window of skipped steps only)."""
-        timing, losses = window.close(self.step, self.device, self.world_size)
+        timing, losses, skipped = window.close(self.step, self.device, self.world_size)
+        for step, ids in skipped:
+            result.skipped_steps.append(step)
+            logger.warning(
+                "step %d: non-finite loss or gradient, skipped (samples: %s)",
+                step,
+                ", ".join(ids[:20]),
+            )
         result.timings.append(timing)
         result.label_tokens += timing.label_tokens
         result.losses.update(losses)
@@ -440,10 +441,15 @@ class Trainer:
             [p.index for p in pieces], [p.start for p in pieces], [p.stop for p in pieces]
         )
 
-    @staticmethod
-    def _finite(loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-        """The one host sync per step that nan_policy="skip" costs."""
-        return bool(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
+    def _non_finite(self, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        """Whether the step is skipped (nan_policy="skip"): a device bool, the same on every
+        rank (the losses are per rank), read by the optimizer without a host sync."""
+        bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
+        if self.world_size > 1:
+            flag = bad.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = flag.bool()
+        return bad
 
     def _stop_agreed(self, log_step: bool) -> int | None:
         """The stop signal received (SIGTERM, Ctrl-C), if any. Alone: at every step. Under DDP
