@@ -55,10 +55,10 @@ class PackedBatch:
 
         The all-true 2D attention mask stops transformers from probing position_ids for packed
         sequences (a host sync); the attention reads the boundaries from cu_seq_lens_* (and, for
-        its host-side sdpa backend, from HOST_CU_SEQLENS). No KV cache: training and scoring
-        never reuse it.
+        its host-side sdpa backend off CUDA, from HOST_CU_SEQLENS). No KV cache: training and
+        scoring never reuse it.
         """
-        return {
+        kwargs = {
             "input_ids": self.input_ids,
             "position_ids": self.position_ids,
             "attention_mask": torch.ones_like(self.input_ids, dtype=torch.bool),
@@ -66,6 +66,10 @@ class PackedBatch:
             "cu_seq_lens_k": self.cu_seqlens,
             "max_length_q": self.max_seqlen,
             "max_length_k": self.max_seqlen,
-            HOST_CU_SEQLENS: [0, *itertools.accumulate(self.seq_lengths)],
             "use_cache": False,
         }
+        if self.input_ids.device.type != "cuda":
+            # off CUDA only: a list would be a per-step guard for compiled blocks, and the
+            # CUDA backends take the device boundaries
+            kwargs[HOST_CU_SEQLENS] = [0, *itertools.accumulate(self.seq_lengths)]
+        return kwargs
