@@ -217,6 +217,8 @@ def generate_traces(
         if on_progress is not None and done:
             on_progress(len(done), sum(_output_tokens(r) for r in done.values()))
 
+        own = generator is None  # a backend this call loads, and frees
+
         def teacher() -> Generator:
             nonlocal generator
             if generator is None:
@@ -230,15 +232,19 @@ def generate_traces(
             return generator
 
         pending = _pending(enumerate(read.records(opened)), done)
-        with run.samples_file.open("a", encoding="utf-8") as ledger:
-            for batch in batched(pending, config.batch_size):
-                for row in _sample(teacher(), batch, config):
-                    ledger.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    ledger.flush()
-                    os.fsync(ledger.fileno())
-                    done[row["id"]] = row
-                    if on_progress is not None:
-                        on_progress(1, _output_tokens(row))
+        try:
+            with run.samples_file.open("a", encoding="utf-8") as ledger:
+                for batch in batched(pending, config.batch_size):
+                    for row in _sample(teacher(), batch, config):
+                        ledger.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        ledger.flush()
+                        os.fsync(ledger.fileno())
+                        done[row["id"]] = row
+                        if on_progress is not None:
+                            on_progress(1, _output_tokens(row))
+        finally:
+            if own and generator is not None:
+                generator.close()
         rows = sorted(done.values(), key=lambda row: row["index"])
         kept = [record for row in rows for record in _records(row, config)]
         with AtomicWriter(output) as handle:

@@ -181,6 +181,7 @@ def evaluate(
     options = {**config.result_options(), "backend": backend.backend}
     manifest = job_manifest("eval", read, source, options)
     with EvalRun(run_dir, manifest, resume) as run:
+        own = generator is None  # a backend this call loads, and frees
         generator = generator or make_generator(  # loads (or refuses) the model
             config.model,
             backend,
@@ -188,11 +189,15 @@ def evaluate(
             batch_size=config.batch_size,
             compile=config.compile,
         )
-        done = run.predictions()
-        run.start()
-        with AtomicWriter(run.predictions_file) as handle:  # without a torn last line
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
-        return _evaluate(records, run_dir, config, done, base, generator, on_progress)
+        try:
+            done = run.predictions()
+            run.start()
+            with AtomicWriter(run.predictions_file) as handle:  # without a torn last line
+                handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
+            return _evaluate(records, run_dir, config, done, base, generator, on_progress)
+        finally:
+            if own:
+                generator.close()
 
 
 def _evaluate(
