@@ -158,17 +158,30 @@ class GenerateRun(RunFolder):
     def summary_file(self) -> Path:
         return self._beside(".summary.json")
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The finished questions in the ledger (a line cut short by a kill is dropped)."""
-        path = self.samples_file
-        if not path.is_file():
-            return []
-        data = path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        return [json.loads(line) for line in data[:end].splitlines()]
+    def finished(self) -> tuple[dict[str, tuple[int, int]], int]:
+        """The finished questions in the ledger, read in one pass and not kept: each id's input
+        position and byte offset, and their output tokens (a line cut short by a kill is not
+        counted)."""
+        found: dict[str, tuple[int, int]] = {}
+        tokens = 0
+        if not self.samples_file.is_file():
+            return found, tokens
+        offset = 0
+        with self.samples_file.open("rb") as ledger:
+            for line in ledger:
+                if not line.endswith(b"\n"):
+                    break
+                row = json.loads(line)
+                found[row["id"]] = (row["index"], offset)
+                tokens += _output_tokens(row)
+                offset += len(line)
+        return found, tokens
 
     def work(self) -> str | None:
-        done = len(self.rows())
+        done = 0
+        if self.samples_file.is_file():
+            with self.samples_file.open("rb") as ledger:
+                done = sum(block.count(b"\n") for block in iter(lambda: ledger.read(1 << 20), b""))
         return f"{done} generated questions ({self.samples_file.name})" if done else None
 
     def refusal(self, work: str) -> str:
@@ -183,9 +196,19 @@ class GenerateRun(RunFolder):
     def drop_torn_line(self) -> None:
         """Cut a line a kill left half-written, so appends start on a line of their own."""
         path = self.samples_file
-        if path.is_file():
-            data = path.read_bytes()
-            os.truncate(path, data.rfind(b"\n") + 1)
+        if not path.is_file():
+            return
+        with path.open("rb") as ledger:
+            end = ledger.seek(0, os.SEEK_END)
+            while end > 0:
+                start = max(0, end - (1 << 16))
+                ledger.seek(start)
+                newline = ledger.read(end - start).rfind(b"\n")
+                if newline >= 0:
+                    end = start + newline + 1
+                    break
+                end = start
+        os.truncate(path, end)
 
 
 def generate_traces(
@@ -212,11 +235,10 @@ def generate_traces(
     manifest = job_manifest("generate", read, source, options)
     with GenerateRun(output, manifest, resume) as run:
         run.drop_torn_line()
-        done = {row["id"]: row for row in run.rows()}
+        done, tokens = run.finished()  # id -> (input position, ledger offset)
         run.start()
         if on_progress is not None and done:
-            on_progress(len(done), sum(_output_tokens(r) for r in done.values()))
-
+            on_progress(len(done), tokens)
         own = generator is None  # a backend this call loads, and frees
 
         def teacher() -> Generator:
@@ -233,30 +255,35 @@ def generate_traces(
 
         pending = _pending(enumerate(read.records(opened)), done)
         try:
-            with run.samples_file.open("a", encoding="utf-8") as ledger:
+            with run.samples_file.open("ab") as ledger:
                 for batch in batched(pending, config.batch_size):
                     for row in _sample(teacher(), batch, config):
-                        ledger.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        done[row["id"]] = (row["index"], ledger.tell())
+                        ledger.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
                         ledger.flush()
                         os.fsync(ledger.fileno())
-                        done[row["id"]] = row
                         if on_progress is not None:
                             on_progress(1, _output_tokens(row))
         finally:
             if own and generator is not None:
                 generator.close()
-        rows = sorted(done.values(), key=lambda row: row["index"])
-        kept = [record for row in rows for record in _records(row, config)]
-        with AtomicWriter(output) as handle:
-            handle.writelines(dumps_record(record) + "\n" for record in kept)
-        summary = summarize(rows, len(kept), config, backend.backend)
+        counts, kept = [], 0  # one row at a time: a ledger of long traces need not fit in memory
+        with run.samples_file.open("rb") as ledger, AtomicWriter(output) as handle:
+            for _, offset in sorted(done.values()):
+                ledger.seek(offset)
+                row = json.loads(ledger.readline())
+                for record in _records(row, config):
+                    handle.write(dumps_record(record) + "\n")
+                    kept += 1
+                counts.append(_counts(row))
+        summary = summarize(counts, kept, config, backend.backend)
         with AtomicWriter(run.summary_file) as handle:
             json.dump(summary, handle, indent=1)
         return summary
 
 
 def _pending(
-    records: Iterator[tuple[int, Trace]], done: dict[str, dict[str, Any]]
+    records: Iterator[tuple[int, Trace]], done: dict[str, tuple[int, int]]
 ) -> Iterator[tuple[int, Trace]]:
     for index, trace in records:
         if trace.id in done:
@@ -349,9 +376,19 @@ def _output_tokens(row: dict[str, Any]) -> int:
     return sum(s["output_tokens"] or 0 for s in row["samples"])
 
 
+COUNTED = ("correct", "truncated", "prompt_tokens", "output_tokens")
+
+
+def _counts(row: dict[str, Any]) -> dict[str, Any]:
+    """A ledger row without its texts: what the summary counts."""
+    samples = [{key: s[key] for key in COUNTED} for s in row["samples"]]
+    return {"seconds": row["seconds"], "samples": samples}
+
+
 def summarize(
     rows: list[dict[str, Any]], kept: int, config: GenerateConfig, backend: str
 ) -> dict[str, Any]:
+    """The run's summary from each question's counts (`_counts`)."""
     samples = [s for row in rows for s in row["samples"]]
     graded = [s for s in samples if s["correct"] is not None]
     gold_rows = [row for row in rows if any(s["correct"] is not None for s in row["samples"])]

@@ -230,6 +230,24 @@ def test_a_server_that_dies_mid_run_loses_nothing(shared_data, tmp_path, capsys)
     assert "accuracy" in stdout and "pass@2" in stdout
 
 
+def test_a_torn_ledger_line_is_dropped_on_resume(shared_data, tmp_path, capsys):
+    """A kill in the middle of a ledger line: --resume cuts it, asks that question again and
+    writes what the finished run wrote."""
+    source = shared_data / "gsm8k" / "test.jsonl"
+    out = tmp_path / "a.jsonl"
+    flags = ["--limit", "3", "--concurrency", "1"]
+    assert generate_over(StubServer("think"), capsys, source, out, *flags)[0] == 0
+    straight = out.read_bytes()
+    ledger = tmp_path / "a.jsonl.samples.jsonl"
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    ledger.write_bytes(b"".join(lines[:2]) + lines[2][:40])  # the 3rd question half-written
+    server = StubServer("think")
+    code, _, err = generate_over(server, capsys, source, out, *flags, "--resume")
+    assert code == 0, err
+    assert len(server.requests) == 1 and out.read_bytes() == straight
+    assert len(ledger.read_bytes().splitlines()) == 3
+
+
 def test_an_empty_question_is_one_line(tmp_path, capsys):
     source = tmp_path / "q.jsonl"
     source.write_text('{"id": "a", "question": "What is 2 + 2?"}\n{"id": "b", "question": " "}\n')
