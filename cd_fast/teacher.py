@@ -2,7 +2,8 @@
 of compress-then-distil.
 
 Each question is sampled `n` times through the generation layer (`cd_fast.generate`); a sample
-is graded with math-verify where the question has a gold answer, and `keep` decides which
+is graded (`cd_fast.eval.grade.grade_record`: math-verify, or the record's own `grader`) where
+the question has a gold answer or a constraint to check, and `keep` decides which
 samples become records: all, the correct ones, or each question's shortest correct one
 (rejection sampling, as OpenR1- and s1-style distillation sets are built).
 
@@ -30,7 +31,7 @@ from typing import Any
 
 from cd_fast.config import check_ranges, option
 from cd_fast.data import AtomicWriter, ReadConfig, Trace, TraceReader, dumps_record
-from cd_fast.eval.grade import grade
+from cd_fast.eval.grade import gradable, grade_record
 from cd_fast.generate import (
     BackendConfig,
     Generator,
@@ -322,12 +323,12 @@ def _sample(
             "meta": trace.meta,
             "seed": seeds[i],
             "seconds": round(seconds, 4),  # wall time since the previous question finished
-            "samples": [_graded(reply, trace.gold) for reply in replies],
+            "samples": [_graded(reply, trace) for reply in replies],
         }
 
 
-def _graded(reply: Reply, gold: str | None) -> dict[str, Any]:
-    correct = grade(reply.full_text(), gold) if gold and gold.strip() else None
+def _graded(reply: Reply, trace: Trace) -> dict[str, Any]:
+    correct = grade_record(trace, reply.full_text()) if gradable(trace) else None
     return {**reply.to_dict(), "correct": correct}
 
 

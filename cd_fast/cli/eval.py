@@ -1,4 +1,5 @@
-"""`cdfast eval`: the student answers, math-verify grades, the papers' metrics."""
+"""`cdfast eval`: the student answers, each answer is graded by its record's grader, the papers'
+metrics."""
 
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ from cd_fast.generate import BackendConfig
 from cd_fast.runtime import progress_bar
 
 NAME = "eval"
-HELP = "generate with the student, grade with math-verify, report accuracy and output length"
+HELP = "generate with the student, grade each answer, report accuracy and output length"
 DESCRIPTION = f"""The student writes its full reasoning and answer for each question (greedy).
 Backends (--backend): transformers (batched, KV cache, CPU or GPU), vllm (offline engine, when
 installed; --tensor-parallel-size), http (any OpenAI-compatible server: --base-url, and --model
-is the served name). Each response is graded against the record's gold answer with math-verify
-(\\boxed{{}}, "Answer:", "####", numbers with commas, fractions, LaTeX).
+is the served name). Each response is graded by the record's `grader` field, or --grader: math
+(the default; math-verify: \\boxed{{}}, "Answer:", "####", numbers with commas, fractions,
+LaTeX), numeric, text (the gold or an `accept` alias), choice (one of the record's `options`) or
+constraint (the record's `check` and `params`: word_count, json_keys, start_end, ...). Records of
+the Qwen3-8B set in ../shared carry these fields; any record may (top level or meta).
 
 RUN_DIR gets predictions.jsonl (graded responses; --resume continues a killed run) and
 metrics.json: accuracy, mean/median output tokens, truncation rate, accuracy per 1k output

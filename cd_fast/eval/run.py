@@ -20,7 +20,7 @@ from typing import Any
 
 from cd_fast.config import check_ranges, option
 from cd_fast.data import AtomicWriter, ReadConfig, Trace, TraceReader
-from cd_fast.eval.grade import grade
+from cd_fast.eval.grade import GRADERS, gradable, grade_record
 from cd_fast.generate import BackendConfig, Generator, Request, Sampling, make_generator
 from cd_fast.runs import RunFolder, job_manifest
 from cd_fast.runtime import batched
@@ -53,6 +53,15 @@ class EvalConfig:
         False,
         help="transformers backend on CUDA: static KV cache and torch.compile of the forward.",
     )
+    grader: str | None = option(
+        None,
+        choices=GRADERS,
+        help="Grade every record this way instead of by its own `grader` field (default: the "
+        "record's, else math). math: math-verify | numeric: the stated number | text: "
+        "normalised match with the gold or an `accept` alias | choice: one of the record's "
+        "`options` (a letter, \\boxed{C} or the option's text) | constraint: the record's "
+        "`check` with its `params` (word_count, repeat_word, json_keys, ...).",
+    )
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -62,7 +71,12 @@ class EvalConfig:
     def result_options(self) -> dict[str, Any]:
         """The fields that decide the predictions (a run's manifest options): not the device
         or batch size."""
-        return {"model": self.model, "max_new_tokens": self.max_new_tokens, "stop": self.stop}
+        return {
+            "model": self.model,
+            "max_new_tokens": self.max_new_tokens,
+            "stop": self.stop,
+            "grader": self.grader,
+        }
 
     def requests(self, questions: list[str]) -> list[Request]:
         sampling = Sampling(max_new_tokens=self.max_new_tokens, stop=self.stop)
@@ -78,6 +92,13 @@ class Prediction:
     output_tokens: int
     truncated: bool
     correct: bool
+    domain: str | None = None
+
+
+def record_domain(record: Trace) -> str | None:
+    """A record's domain (`meta.domain`), which the sweep's tables break results down by."""
+    domain = record.meta.get("domain")
+    return None if domain is None else str(domain)
 
 
 def metrics(
@@ -99,6 +120,18 @@ def metrics(
         "truncation_rate": round(sum(p["truncated"] for p in predictions) / max(count, 1), 4),
         "accuracy_per_1k_tokens": round(accuracy / (mean_tokens / 1000), 4) if mean_tokens else 0,
     }
+    domains = sorted({p["domain"] for p in predictions if p.get("domain") is not None})
+    if domains:
+        out["by_domain"] = {
+            domain: {
+                key: value
+                for key, value in metrics(
+                    [p for p in predictions if p.get("domain") == domain]
+                ).items()
+                if key in ("records", "accuracy", "mean_output_tokens", "truncation_rate")
+            }
+            for domain in domains
+        }
     if training is not None:
         out["training_data"] = training
     if baseline:
@@ -219,8 +252,11 @@ def _evaluate(
                 if on_progress is not None:
                     on_progress(1)
                 continue
-            if not trace.gold:
-                raise ValueError(f"record {trace.id!r} has no gold answer to grade against")
+            if not gradable(trace, config.grader):
+                raise ValueError(
+                    f"record {trace.id!r} has no gold answer to grade against (and no "
+                    "constraint `check`): give it a gold, or leave it out of the eval set"
+                )
             yield trace
 
     with path.open("a", encoding="utf-8") as handle:
@@ -241,7 +277,8 @@ def _evaluate(
                     prediction=text,
                     output_tokens=reply.output_tokens,
                     truncated=reply.truncated,
-                    correct=grade(text, trace.gold),
+                    correct=grade_record(trace, text, config.grader),
+                    domain=record_domain(trace),
                 )
                 done.append(asdict(record))
                 handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
