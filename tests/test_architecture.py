@@ -233,6 +233,7 @@ LAYERS = (
     ("cd_fast.compress",),
     ("cd_fast.train",),
     ("cd_fast.eval", "cd_fast.teacher"),
+    ("cd_fast.sweep",),
     ("cd_fast.demo",),
     ("cd_fast.bench",),
     ("cd_fast.cli",),

@@ -34,7 +34,7 @@ from cd_fast.score import ScoreStore
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS = random.Random(20261123)  # the kill points: random, and the same on every run
-COMMANDS = ("segment", "compress", "score", "train", "eval", "generate")
+COMMANDS = ("segment", "compress", "score", "train", "eval", "generate", "sweep")
 
 
 # ---- running a command ----
@@ -173,8 +173,11 @@ def command_args(command: str, source: Path, out: Path, student: Path) -> list[o
         "--lr-scheduler-type constant",
         "eval": "--max-new-tokens 4 --batch-size 4 --device cpu",
         "generate": "--max-new-tokens 4 --batch-size 4 --device cpu --temperature 0",
+        "sweep": "--methods truncate --budgets 0.5 --epochs 1 --tokens-per-step 1024 "
+        "--max-seq-length 256 --max-new-tokens 4 --eval-batch-size 4 --holdout 4 --device cpu",
     }[command].split()
-    model = {"compress": ["--tokenizer", student], "segment": []}.get(command, ["--model", student])
+    model = {"compress": ["--tokenizer", student], "segment": [], "sweep": ["--student", student]}
+    model = model.get(command, ["--model", student])
     return [command, source, "-o", out, *options, *model]
 
 
@@ -280,6 +283,7 @@ ZERO_OPTIONS = [
     ("compress", "--batch-size"),
     ("train", "--max-tokens-per-step"),
     ("segment", "--threads"),
+    ("sweep", "--tokens-per-step"),
 ]
 
 
@@ -633,7 +637,7 @@ def test_demo_stopped_by_a_signal_checkpoints_exits_143_or_130_and_resumes(
     micro_demo, tmp_path, capsys
 ):
     assert micro_demo.done.returncode == 0, micro_demo.done.stderr[-3000:]
-    expected = json.loads((micro_demo.out / "demo.json").read_text())["runs"]
+    expected = json.loads((micro_demo.out / "sweep.json").read_text())["runs"]
     out = tmp_path / "demo"
     args = [*micro_demo.args, "-o", out]
     step = "cd_fast.train.trainer:Trainer._micro_step"  # once a step (no accumulation)
@@ -643,20 +647,88 @@ def test_demo_stopped_by_a_signal_checkpoints_exits_143_or_130_and_resumes(
     assert "signal 15 while training the student on original (checkpoint at step 3)" in line
     assert "--resume" in line and "cannot load model" not in stopped.stderr
     assert (out / "train-original" / "checkpoint-3").is_dir()
-    assert not (out / "train-token@0.5").exists()  # the demo went no further
+    assert not (out / "train-token-surprisal@0.5").exists()  # the demo went no further
     # Ctrl-C in the second student's second step (the original has steps - 3 left to run)
     second = expected["original"]["train_steps"] - 3 + 2
     interrupted = spawn(*args, "--resume", kill=(step, f"{second}:INT"))
     assert interrupted.returncode == 130, interrupted.stderr[-3000:]
-    assert "signal 2 while training the student on token@0.5" in interrupted.stderr
+    assert "signal 2 while training the student on token-surprisal@0.5" in interrupted.stderr
     assert_ok(run(capsys, *args, "--resume"))
-    runs = json.loads((out / "demo.json").read_text())["runs"]
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
     keys = ("train_steps", "train_label_tokens", "final_loss", "accuracy", "mean_output_tokens")
     assert {n: [r[k] for k in keys] for n, r in runs.items()} == {
         n: [r[k] for k in keys] for n, r in expected.items()
     }
     changed = [a if a != "0.5" else "0.3" for a in args]
     assert_error(run(capsys, *changed, "--resume"), "budgets [0.5] -> [0.3]")
+
+
+def _sweep_args(micro_demo, out: Path, *extra: str) -> list[object]:
+    data = micro_demo.out / "data"
+    return [
+        *("sweep", data / "original.jsonl", "--eval", data / "eval.jsonl"),
+        *("--student", micro_demo.out / "student-init", "-o", out),
+        *("--methods", "token", "step", "--budgets", "0.5", "--device", "cpu"),
+        *("--epochs", "1", "--tokens-per-step", "4096", "--learning-rate", "3e-3"),
+        *("--max-seq-length", "1024", "--max-new-tokens", "48", "--eval-batch-size", "16"),
+        *extra,
+    ]
+
+
+CRITERIA = ("--criteria", "token:surprisal", "step:value-flow")
+
+
+def _stamps(out: Path) -> dict[str, int]:
+    """Every file of the finished cells and the scores, with its modification time."""
+    files = [*out.glob("cells/*.json"), *out.glob("scores/*"), *out.glob("train-*/row.json")]
+    files += list(out.glob("eval-*/predictions.jsonl"))
+    return {str(f.relative_to(out)): f.stat().st_mtime_ns for f in files}
+
+
+def test_a_killed_sweep_resumes_at_the_unfinished_cell_and_grows(micro_demo, tmp_path, capsys):
+    assert micro_demo.done.returncode == 0, micro_demo.done.stderr[-3000:]
+    straight = tmp_path / "straight"
+    assert_ok(run(capsys, *_sweep_args(micro_demo, straight, *CRITERIA)))
+    expected = json.loads((straight / "sweep.json").read_text())["runs"]
+    assert list(expected) == ["original", "token-surprisal@0.5", "step-value-flow@0.5"]
+
+    out = tmp_path / "killed"
+    args = _sweep_args(micro_demo, out, *CRITERIA)
+    # SIGKILL as the third cell's training starts: its compressed set is built, two cells done
+    killed = spawn(*args, kill=("cd_fast.sweep.run:Sweep.trained", 3))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("cells/*.json")) == [
+        "original.json",
+        "token-surprisal@0.5.json",
+    ]
+    assert (out / "data" / "step-value-flow@0.5.summary.json").is_file()
+    assert_error(run(capsys, *args), "pass --resume")
+    before = _stamps(out)
+    assert_ok(run(capsys, *args, "--resume"))
+    after = _stamps(out)
+    assert {k: after[k] for k in before} == before, "a finished cell was redone"
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    keys = ("train_steps", "train_label_tokens", "final_loss", "accuracy", "mean_output_tokens")
+    assert {n: [r[k] for k in keys] for n, r in runs.items()} == {
+        n: [r[k] for k in keys] for n, r in expected.items()
+    }
+
+    # --resume with another criterion adds its cell; the others stay as they were
+    before = _stamps(out)
+    grown = _sweep_args(micro_demo, out, *CRITERIA, "step:role")
+    assert_ok(run(capsys, *grown, "--resume"))
+    after = _stamps(out)
+    assert {k: after[k] for k in before} == before
+    results = json.loads((out / "sweep.json").read_text())
+    assert list(results["runs"])[-1] == "step-role@0.5"
+    assert {(r["a"], r["b"]) for r in results["agreement"]} == {("value-flow", "role")}
+    assert 0 <= results["agreement"][0]["jaccard"] <= 1
+    report = (out / "report.md").read_text()
+    assert "### math" in report and "### general" in report and "Criterion agreement" in report
+    assert (out / "agreement.md").is_file() and list(out.glob("report-0-math.png"))
+    # a shared setting may not change under --resume
+    changed = [a if a != "3e-3" else "1e-3" for a in grown]
+    assert_error(run(capsys, *changed, "--resume"), "learning_rate 0.003 -> 0.001")
 
 
 def test_finished_compress_output_resumed_with_other_settings_is_refused(

@@ -9,9 +9,20 @@ import sys
 from collections.abc import Sequence
 
 from cd_fast import __version__
-from cd_fast.cli import bench, compress, demo, eval, generate, report, score, segment, train
+from cd_fast.cli import (
+    bench,
+    compress,
+    demo,
+    eval,
+    generate,
+    report,
+    score,
+    segment,
+    sweep,
+    train,
+)
 
-COMMANDS = (demo, generate, segment, score, compress, train, eval, report, bench)
+COMMANDS = (demo, generate, segment, score, compress, train, eval, sweep, report, bench)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -11,20 +11,25 @@ from cd_fast.config import in_range
 
 NAME = "demo"
 HELP = "run the whole pipeline on an embedded default and print the paper-style table"
-DESCRIPTION = """Generates a verifiable multi-step math dataset with verbose teacher-style traces
-(restating, "Wait, let me double-check...", abandoned paths), trains a BPE tokenizer and a
-student on the original traces (that student also scores the traces), compresses them at each
-budget by token pruning (surprisal), step pruning (value flow) and truncation to the
-step-pruned lengths (and rewriting with --rewriter), trains a student on each compressed set
-from the same initial weights with the same steps over the same traces per step (so each step
-costs what its shorter traces cost), evaluates every student on held-out questions and prints the
-table: asked budget, realised training-token ratio, the student's output-length ratio, training
-time, accuracy and accuracy per 1k output tokens, each relative to the original. Everything
-lands in --output (data with --explain records, models, evals, demo.json, report.md and the
-trade-off plots); `cdfast report --html DIR` shows what each method kept.
+DESCRIPTION = """Runs a small `cdfast sweep` on an embedded world: generates two verifiable
+tasks with verbose teacher-style traces (restating, "Wait, let me double-check...", abandoned
+paths): multi-step math word problems, and a general-domain task (the colour of the fruit a
+person has, graded as text). Trains a BPE tokenizer and a student on the original traces (that
+student also scores the traces), compresses them at each budget by token pruning (surprisal)
+and step pruning (value flow) (and rewriting with --rewriter), trains a student on each
+compressed set from the same initial weights with the same steps over the same traces per step
+(so each step costs what its shorter traces cost), evaluates every student on held-out
+questions and prints the table: asked budget, realised training-token ratio, the student's
+output-length ratio, training time, accuracy and accuracy per 1k output tokens, each relative to
+the original. report.md adds the same table per domain (does compression hurt the math task
+more than the general one?), the plots, which cell keeps the most accuracy per token, and the
+agreement of the step criteria (value flow, step roles, surprisal). Everything lands in
+--output (data with --explain records, models, evals, sweep.json, report.md and the trade-off
+plots); `cdfast report --html DIR` shows what each method kept. Truncation, other criteria and
+levels: `cdfast sweep` on the demo's data/original.jsonl and data/eval.jsonl.
 
-sizes: micro (a one-minute smoke test: numbers mean little), tiny (2 CPU cores, 9.5 to 12
-minutes: 3,000 training traces, 300 held-out questions), small and base (a GPU).
+sizes: micro (a one-minute smoke test: numbers mean little), tiny (2 CPU cores, under 10
+minutes: 2,400 training traces, 300 held-out questions), small and base (a GPU).
 
 examples:
   cdfast demo --size tiny
@@ -72,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cd_fast.demo import DemoStopped, run_demo
+    from cd_fast.demo import run_demo
+    from cd_fast.sweep import SweepStopped
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             args.seed,
             resume=args.resume,
         )
-    except DemoStopped as stopped:
+    except SweepStopped as stopped:
         print(
             f"cdfast demo: {stopped}: rerun the same command with --resume to continue "
             f"(-o {args.output})",

@@ -1,5 +1,5 @@
-"""`cdfast report`: a markdown report with plots from saved demo runs, or (--html) a page that
-shows what compression kept and dropped."""
+"""`cdfast report`: a markdown report with plots from saved sweeps and demo runs, or (--html) a
+page that shows what compression kept and dropped."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from pathlib import Path
 from cd_fast.config import at_least
 
 NAME = "report"
-HELP = "markdown report from demo runs; --html: the kept and dropped text of explained traces"
-DESCRIPTION = """Reads each RUN_DIR's demo.json and writes a markdown report: per run the table of
-asked budget, realised training-token ratio, the student's output-length ratio, training time,
-accuracy and accuracy per 1k output tokens (relative to the student trained on the original
-traces), and the plots of accuracy against training tokens and against output tokens, one curve
-per method (PNG files beside the report).
+HELP = "markdown report from sweeps and demo runs; --html: the kept and dropped text of traces"
+DESCRIPTION = """Reads each RUN_DIR's sweep.json (`cdfast sweep` and `cdfast demo` write it) and
+writes a markdown report: per run and per domain the table of asked budget, realised
+training-token ratio, the student's output-length ratio, training time, accuracy and accuracy
+per 1k output tokens (relative to the student trained on the original traces), the plots of
+accuracy against training tokens and against output tokens, one curve per cell family (PNG files
+beside the report), the summary of which cell keeps the most accuracy per token, and the
+criterion agreement.
 
 With --html, each input is a `cdfast compress --explain` output (or a demo folder, whose
 compressed sets are explained): a static page renders the first --traces records of each, kept
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         nargs="+",
         metavar="RUN",
-        help="demo output folders (each holds demo.json); with --html also compressed .jsonl",
+        help="sweep or demo folders (each holds sweep.json); with --html also compressed .jsonl",
     )
     parser.add_argument(
         "--html",
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         count = write_html(args.runs, output, args.traces)
         print(f"wrote {output} ({count} traces)")
         return 0
-    from cd_fast.demo import write_report
+    from cd_fast.sweep import write_report
 
     output = args.output or Path("report.md")
     print(write_report(args.runs, output))

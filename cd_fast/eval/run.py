@@ -95,6 +95,21 @@ class Prediction:
     domain: str | None = None
 
 
+def _measures(predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    count = len(predictions)
+    lengths = [p["output_tokens"] for p in predictions]
+    accuracy = sum(p["correct"] for p in predictions) / count if count else 0.0
+    mean_tokens = statistics.fmean(lengths) if lengths else 0.0
+    return {
+        "records": count,
+        "accuracy": round(accuracy, 4),
+        "mean_output_tokens": round(mean_tokens, 1),
+        "median_output_tokens": statistics.median(lengths) if lengths else 0,
+        "truncation_rate": round(sum(p["truncated"] for p in predictions) / max(count, 1), 4),
+        "accuracy_per_1k_tokens": round(accuracy / (mean_tokens / 1000), 4) if mean_tokens else 0,
+    }
+
+
 def record_domain(record: Trace) -> str | None:
     """A record's domain (`meta.domain`), which the sweep's tables break results down by."""
     domain = record.meta.get("domain")
@@ -106,30 +121,14 @@ def metrics(
     baseline: dict[str, Any] | None = None,
     training: dict[str, float | None] | None = None,
 ):
-    """Accuracy, output length and truncation; with a baseline run's metrics, the ratios (and
-    the student's `training` data ratios, `training_data`)."""
-    count = len(predictions)
-    lengths = [p["output_tokens"] for p in predictions]
-    accuracy = sum(p["correct"] for p in predictions) / count if count else 0.0
-    mean_tokens = statistics.fmean(lengths) if lengths else 0.0
-    out = {
-        "records": count,
-        "accuracy": round(accuracy, 4),
-        "mean_output_tokens": round(mean_tokens, 1),
-        "median_output_tokens": statistics.median(lengths) if lengths else 0,
-        "truncation_rate": round(sum(p["truncated"] for p in predictions) / max(count, 1), 4),
-        "accuracy_per_1k_tokens": round(accuracy / (mean_tokens / 1000), 4) if mean_tokens else 0,
-    }
+    """Accuracy, output length and truncation (and per domain, when the records carry one);
+    with a baseline run's metrics, the ratios (and the student's `training` data ratios,
+    `training_data`)."""
+    out = _measures(predictions)
     domains = sorted({p["domain"] for p in predictions if p.get("domain") is not None})
     if domains:
         out["by_domain"] = {
-            domain: {
-                key: value
-                for key, value in metrics(
-                    [p for p in predictions if p.get("domain") == domain]
-                ).items()
-                if key in ("records", "accuracy", "mean_output_tokens", "truncation_rate")
-            }
+            domain: _measures([p for p in predictions if p.get("domain") == domain])
             for domain in domains
         }
     if training is not None:
