@@ -53,7 +53,7 @@ class DemoSize:
 
 SIZES = {
     "micro": DemoSize(240, 16, 48, 1, 2, 1, 4096, 3e-3, 128),  # the pipeline's smoke test (CI)
-    "tiny": DemoSize(2400, 300, 128, 3, 4, 3, 768, 3e-3, 384),  # 2 CPU cores
+    "tiny": DemoSize(8000, 300, 128, 3, 4, 1, 768, 5e-3, 384),  # 2 CPU cores
     "small": DemoSize(8000, 500, 256, 4, 4, 4, 16384, 2e-3, 448),  # a GPU
     "base": DemoSize(30000, 1000, 512, 8, 8, 4, 32768, 1e-3, 448),  # a GPU
 }

@@ -41,6 +41,7 @@ from cd_fast.sweep.report import RESULTS, write_report
 logger = logging.getLogger(__name__)
 
 NO_DOMAIN = "all"
+AGREEMENT_TRACES = 1000  # the agreement is a mean over traces: a thousand hold it to ~0.01
 
 
 class SweepStopped(Exception):
@@ -352,7 +353,7 @@ class Sweep:
 
     def agreement(self, cells: list[Cell], scores: dict | None, scorer: Any) -> list[dict]:
         """Mean Jaccard of the units kept by each pair of the grid's step criteria, per budget,
-        at each granularity the grid uses."""
+        at each granularity the grid uses, over the first AGREEMENT_TRACES traces."""
         from cd_fast.compress import CompressConfig
         from cd_fast.compress.agreement import criteria_agreement
 
@@ -364,7 +365,7 @@ class Sweep:
         rows = []
         for unit in units:
             found = criteria_agreement(
-                self.train,
+                self.train[:AGREEMENT_TRACES],
                 CompressConfig(method="step", granularity=unit, criterion=criteria[0]),
                 self.tokenizer,
                 scorer=scorer,
