@@ -65,3 +65,25 @@ def test_sweep_help_explains_the_grid_and_every_output(cdfast):
         "--resume",
     ):
         assert phrase in done.stdout, phrase
+
+
+def test_domains_keep_their_records_and_an_absent_domain_is_one_clear_error():
+    from cd_fast.data import Trace
+    from cd_fast.sweep.run import keep_domains, split_holdout
+
+    records = [
+        Trace(f"q{i}", "q", "t", gold=str(i), meta={"domain": "math" if i % 2 else "general"})
+        for i in range(10)
+    ]
+    assert [r.id for r in keep_domains(records, ["math"], "training")] == [
+        "q1",
+        "q3",
+        "q5",
+        "q7",
+        "q9",
+    ]
+    assert keep_domains(records, [], "training") == records
+    with pytest.raises(ValueError, match=r"no evaluation record in the domains \['law'\]"):
+        keep_domains(records, ["law"], "evaluation")
+    train, held = split_holdout(records, 100, "x.jsonl")  # at most a fifth is held out
+    assert [r.id for r in held] == ["q8", "q9"] and len(train) == 8

@@ -29,7 +29,7 @@ plots); `cdfast report --html DIR` shows what each method kept. Truncation, othe
 levels: `cdfast sweep` on the demo's data/original.jsonl and data/eval.jsonl.
 
 sizes: micro (a one-minute smoke test: numbers mean little), tiny (2 CPU cores, under 10
-minutes: 2,400 training traces, 300 held-out questions), small and base (a GPU).
+minutes: 8,000 training traces seen once, 300 held-out questions), small and base (a GPU).
 
 examples:
   cdfast demo --size tiny

@@ -64,7 +64,7 @@ CRITERIA = ("token:surprisal", "step:value-flow")
 AGREEMENT = ("value-flow", "role", "surprisal")
 MAX_SEQ_LENGTH = 1024
 # Adam's second moment over ~20 steps, not ~1000: with 0.999 the tiny student missed copying
-# an amount from the question on some seeds (bench/results/demo-tiny-cpu.md).
+# an amount from the question on some seeds (README, "the generated world").
 TRAIN_OPTIONS = {"adam_beta2": 0.95}
 
 

@@ -54,10 +54,12 @@ def domain_rows(results: dict[str, Any], domain: str) -> list[dict[str, Any]]:
 
 
 def _relative(run: dict[str, Any], base: dict[str, Any], key: str) -> str:
-    """The value and, when the original's is not zero, its ratio to the original's."""
+    """The value (a count in full) and, when the original's is not zero, its ratio to the
+    original's."""
+    value = f"{run[key]}" if isinstance(run[key], int) else f"{run[key]:g}"
     if not base[key]:
-        return f"{run[key]:g}"
-    return f"{run[key]:g} ({run[key] / base[key]:.2f}x)"
+        return value
+    return f"{value} ({run[key] / base[key]:.2f}x)"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
