@@ -123,6 +123,17 @@ def test_the_readers_carry_the_grading_fields_and_replies_grade_as_published(qwe
             "red or blue",
             False,
         ),
+        (
+            {"gold": "C", "grader": "choice", "options": ["red", "green", "blue"]},
+            "A blue one",
+            True,
+        ),
+        (
+            {"gold": "A", "grader": "choice", "options": ["red", "green", "blue"]},
+            "A blue one",
+            False,
+        ),
+        ({"gold": "B", "grader": "choice", "options": ["red", "green", "blue"]}, "Option B", True),
         ({"gold": "blue", "grader": "choice", "options": {"A": "red", "B": "blue"}}, "B", True),
         ({"gold": "Brasilia", "grader": "text"}, "Answer: Brasília.", True),
         ({"gold": "Won", "grader": "text", "accept": ["Korean won"]}, "Answer: Korean won", True),
@@ -132,6 +143,7 @@ def test_the_readers_carry_the_grading_fields_and_replies_grade_as_published(qwe
         ({"gold": "1250", "grader": "numeric"}, "Answer: 1,250 boxes", True),
         ({"gold": "0.75", "grader": "numeric"}, "Answer: 3/4", True),
         ({"gold": "\\frac{3}{4}", "grader": "numeric"}, "\\boxed{\\frac{3}{4}}", True),
+        ({"gold": "\\frac{3}{4}", "grader": "numeric"}, "\\boxed{\\frac{3}{5}}", False),
         ({"gold": "\\frac{1}{2}"}, "so \\boxed{0.5}", True),  # no grader: math-verify
         ({"gold": "", "grader": "text"}, "Answer: anything", False),
     ],

@@ -78,7 +78,8 @@ _WORD_NUMBERS = {
     )
 }
 _FENCE = re.compile(r"^\s*```[\w-]*\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
-_LETTER = re.compile(r"^(?:option\s+|choice\s+)?\(?([a-z])\)?[.):]?(?:\s|$)", re.IGNORECASE)
+# "C", "(C) blue", "C) blue", "C. blue", "option C"; not "A ripe banana" (an article)
+_LETTER = re.compile(r"^(?:option\s+|choice\s+)?(?:\(([a-z])\)|([a-z])(?:[.):]|$))", re.IGNORECASE)
 _ANSWER_IS = re.compile(r"\banswer\b[*_]*\s*(?::|-|\bis\b)\s*(.*)", re.IGNORECASE)
 _NUMBER_TEXT = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
@@ -114,7 +115,8 @@ def _unfenced(text: str) -> str:
 
 def _contains(haystack: str, needle: str) -> bool:
     """`needle` as whole words in `haystack` (both normalised)."""
-    return bool(needle) and re.search(rf"(?<![a-z0-9]){re.escape(needle)}(?![a-z0-9])", haystack)
+    pattern = rf"(?<![a-z0-9]){re.escape(needle)}(?![a-z0-9])"
+    return bool(needle) and re.search(pattern, haystack) is not None
 
 
 def _number(text: str) -> float | None:
@@ -136,8 +138,8 @@ def _grade_numeric(answer: str, gold: str, accept: list[str], prediction: str) -
     if any(normalize_text(answer) == normalize_text(alias) for alias in accept):
         return True
     got, want = _number(answer), _number(gold)
-    if got is None or want is None:
-        return grade(prediction, gold)  # LaTeX and the like: math-verify
+    if got is None or want is None or "\\" in answer + gold:
+        return grade(prediction, gold)  # LaTeX (\frac{3}{4}) and the like: math-verify
     return abs(got - want) <= 1e-9 * max(1.0, abs(want))
 
 
@@ -167,10 +169,11 @@ def _option_names(options: Any) -> dict[str, list[str]]:
 
 def _grade_choice(answer: str, gold: str, options: Any) -> bool:
     names = _option_names(options)
-    letter = _LETTER.match(answer.strip())
+    match = _LETTER.match(answer.strip())
+    letter = (match.group(1) or match.group(2)).upper() if match else None
     single_letters = all(len(key) == 1 and key.isalpha() for key in names)
-    if single_letters and letter and letter.group(1).upper() in {k.upper() for k in names}:
-        named = {next(k for k in names if k.upper() == letter.group(1).upper())}
+    if single_letters and letter in {k.upper() for k in names}:
+        named = {next(k for k in names if k.upper() == letter)}
     else:
         got = normalize_text(answer)
         named = {

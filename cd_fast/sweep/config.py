@@ -206,8 +206,9 @@ class SweepConfig:
     def shared_options(self) -> dict[str, Any]:
         """The settings every cell shares (a run's manifest): the grid may grow on --resume,
         these may not change."""
-        grid = ("methods", "criteria", "granularities", "levels", "budgets", "student", "device")
-        return {k: v for k, v in asdict(self).items() if k not in (*grid, "eval_batch_size")}
+        grid = ("methods", "criteria", "granularities", "levels", "budgets", "agreement_criteria")
+        speed = ("device", "eval_batch_size")  # how fast, not what
+        return {k: v for k, v in asdict(self).items() if k not in (*grid, *speed)}
 
 
 def grid_cells(config: SweepConfig) -> list[Cell]:
