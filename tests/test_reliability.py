@@ -731,6 +731,17 @@ def test_a_killed_sweep_resumes_at_the_unfinished_cell_and_grows(micro_demo, tmp
     assert_error(run(capsys, *changed, "--resume"), "learning_rate 0.003 -> 0.001")
 
 
+def test_a_sweep_with_ungraded_eval_records_is_refused_before_training(
+    files, student, tmp_path, capsys
+):
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"id": "e1", "question": "What is 2 + 2?"}\n')
+    out = tmp_path / "sweep"
+    args = [*command_args("sweep", files["good"], out, student), "--eval", questions]
+    assert_error(run(capsys, *args), "1 evaluation records have no gold answer", "'e1'")
+    assert not out.exists()
+
+
 def test_finished_compress_output_resumed_with_other_settings_is_refused(
     files, student, tmp_path, capsys
 ):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from cd_fast.data import AtomicWriter, Trace, TraceReader, write_jsonl
+from cd_fast.eval.grade import gradable
 from cd_fast.eval.run import record_domain
 from cd_fast.formats import DEFAULT_TARGET_TEMPLATE
 from cd_fast.generate import BackendConfig
@@ -69,8 +70,6 @@ def stop_point(stop: StopSignals, where: str) -> None:
 def split_holdout(every: list[Trace], count: int, source: Path) -> tuple[list[Trace], list[Trace]]:
     """The last `count` gradable records (at most a fifth) held out for evaluation, the rest
     to train on."""
-    from cd_fast.eval.grade import gradable
-
     graded = [t for t in every if gradable(t)]
     if len(graded) < 2:
         raise ValueError(f"{source}: a sweep needs records with a gold answer to evaluate on")
@@ -400,6 +399,12 @@ def run_sweep(
         train, evaluation = every, list(read.open(eval_source, need_traces=False))
     train = keep_domains(train, config.domains, "training")
     evaluation = keep_domains(evaluation, config.domains, "evaluation")
+    ungraded = [t.id for t in evaluation if not gradable(t, config.grader)]
+    if ungraded:  # refused before any training, not when the first eval reaches them
+        raise ValueError(
+            f"{eval_source}: {len(ungraded)} evaluation records have no gold answer (nor a "
+            f"constraint `check`), the first {ungraded[0]!r}: give them one or leave them out"
+        )
     inputs = {"eval": eval_source} if isinstance(eval_source, (str, Path)) else {}
     options = {**config.shared_options(), "rewriter_backend": backend and backend.backend}
     manifest = job_manifest("sweep", read, source, options, inputs=inputs)
