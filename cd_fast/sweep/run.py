@@ -170,7 +170,8 @@ class Sweep:
 
     def scores(self, cells: list[Cell], original_model: str) -> tuple[dict | None, Any]:
         """The scorer's token scores of the training traces (computed once, kept in scores/),
-        and the scorer itself when a criterion runs it (answer-delta); None where unneeded."""
+        and the scorer itself only when a criterion runs it (answer-delta): otherwise it is let
+        go, so it does not hold memory through every cell's training."""
         from cd_fast.compress.criteria import CRITERIA, SCORER, SCORES
 
         criteria = [*(c.criterion for c in cells if c.criterion), *self.config.agreement_criteria]
@@ -194,7 +195,7 @@ class Sweep:
             folder.mkdir(parents=True)
             write_shard(folder, 0, scorer.score(self.train))
             write_manifest(folder, {"model": str(model), "total_shards": 1})
-        return ScoreStore(folder).by_id(), scorer
+        return ScoreStore(folder).by_id(), scorer if SCORER in needs else None
 
     def cell(
         self,
