@@ -5,13 +5,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import attention, compress, generate, pack, plot, roles, segment, token_scores, train
+from . import (
+    attention,
+    compress,
+    generate,
+    loss,
+    pack,
+    plot,
+    roles,
+    score,
+    segment,
+    token_scores,
+    train,
+)
 
 BENCHMARKS = {
     "segment": segment,
     "pack": pack,
     "attention": attention,
     "token_scores": token_scores,
+    "loss": loss,
+    "score": score,
     "compress": compress,
     "generate": generate,
     "roles": roles,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU: build the extension, run the GPU tests, then the benchmarks.
 #
-#   bash bench/gpu.sh [all|tests|kernels|train|train-qlora|train-hybrid|train-fsdp|epoch|generate]
+#   bash bench/gpu.sh [all|tests|kernels|hostfree|train|train-qlora|train-hybrid|train-fsdp|epoch|generate]
 #
 # With network and `pip install -e ".[dev,flash,fla]" trl datasets` done, that is all. Results and
 # logs go to bench/results (tarred into $OUT/results.tgz when $OUT is set: the device tool's
@@ -142,6 +142,21 @@ for stage in "$@"; do
       python3 -m bench --results-dir "$results" token_scores --end-to-end
       python3 -m bench --results-dir "$results" attention
       python3 -m bench --results-dir "$results" pack --step-model ;;
+    hostfree)
+      # the host-free work (issue 29) against the defaults it replaced, in one call (~5 min):
+      # the fused loss (cd_fast's vs Liger's at chunk_mem_const 1 and 16), the 0.5B/1.5B steps
+      # on each loss and compiled, QLoRA with bf16 adapters, the no-sync test under
+      # set_sync_debug_mode("error"), and `score` end to end against the plain forward
+      setup
+      set +e
+      python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_linear_cross_entropy.py \
+        tests/test_train.py -k "sync or backends" 2>&1 | tee "$results/gpu-hostfree-tests.log"
+      set -e
+      python3 -m bench --results-dir "$results" loss --hidden 896 1536
+      python3 -m bench --results-dir "$results" train --no-trl --steps 8 \
+        --runs 0.5b-full-1500 1.5b-full-1500 --variants bf16 liger-loss compile
+      python3 -m bench --results-dir "$results" train --no-trl --steps 8 --runs 1.5b-qlora-1500
+      python3 -m bench --results-dir "$results" score --records 48 ;;
     train)
       setup
       python3 -m bench --results-dir "$results" train --tools-dir "$tools" --profile \
@@ -178,7 +193,7 @@ for stage in "$@"; do
         --random-shape qwen2.5-0.5b --tokenizer "$device/tokenizer" ;;
     all)
       "$0" tests kernels train train-qlora train-hybrid train-fsdp epoch generate ;;
-    *) echo "unknown stage $stage (expected stash, tests, kernels, train, train-qlora, train-hybrid, train-fsdp, epoch, generate, all)" >&2
+    *) echo "unknown stage $stage (expected stash, tests, kernels, hostfree, train, train-qlora, train-hybrid, train-fsdp, epoch, generate, all)" >&2
        exit 2 ;;
   esac
 done

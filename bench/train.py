@@ -54,6 +54,7 @@ RUNS = {
     ),
     "0.5b-full-300": ("qwen2.5-0.5b", "full", 300, "trl_anchor.py", "0.5b", "pad_liger", 16),
     "8b-qlora-1500": ("qwen3-8b", "qlora", 1500, "trl_qlora_anchor.py", "8b", "pad,pad_liger", 4),
+    "1.5b-qlora-1500": ("qwen2.5-1.5b", "qlora", 1500, None, "", "", 0),
     "tiny-full-300": ("tiny", "full", 300, "trl_anchor.py", "tiny", "pad", 4),
     "qwen3.5-0.8b-full-1500": ("qwen3.5-0.8b", "full", 1500, None, "", "", 0),
 }
@@ -74,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(VARIANTS),
         help="cd_fast settings per full fine-tune run: bf16 = pure bf16 AdamW (what TRL's bf16 "
         "runs do), master = fp32 master weights (cd_fast's default), compile = bf16 + "
-        "torch.compile of each block",
+        "torch.compile of each block, liger-loss = bf16 with Liger's fused loss instead of "
+        "cd_fast's",
     )
     parser.add_argument(
         "--trl-settings",
@@ -127,6 +129,7 @@ VARIANTS = {
     "bf16": {"master_weights": False},
     "master": {"master_weights": True},
     "compile": {"master_weights": False, "compile": True},
+    "liger-loss": {"master_weights": False, "loss_backend": "liger"},
 }
 
 

@@ -41,6 +41,7 @@ if __name__ != "cd_fast.kernels":
     del _load_in_our_place
 else:
     from cd_fast.kernels.causal_conv1d import causal_conv1d_varlen
+    from cd_fast.kernels.linear_cross_entropy import linear_cross_entropy
     from cd_fast.kernels.outputs import IGNORE_INDEX, PackedBatch, TokenScores
     from cd_fast.kernels.pack import TokenStore, label_token_count, pack_sequences
     from cd_fast.kernels.token_scores import token_scores
@@ -52,6 +53,7 @@ else:
         "TokenStore",
         "causal_conv1d_varlen",
         "label_token_count",
+        "linear_cross_entropy",
         "pack_sequences",
         "token_scores",
     ]

@@ -73,6 +73,15 @@ def token_scores_ref(
     return TokenScores(torch.where(keep, surprisal, zero), torch.where(keep, entropy, zero))
 
 
+def linear_cross_entropy_ref(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Reference of `linear_cross_entropy`: full float64 logits, cross entropy summed over the
+    targets that are not -100 (differentiable: backward gives the reference gradients)."""
+    logits = hidden.double() @ weight.double().t()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
 def causal_conv1d_varlen_ref(
     x: torch.Tensor,
     weight: torch.Tensor,

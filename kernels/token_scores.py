@@ -1,14 +1,8 @@
 """Per-token surprisal and entropy under an LM head without materialising [T, V] logits.
 
-For token t with logits x = h_t W^T (x in R^V) and target y_t:
-
-    lse_t       = log sum_v exp(x_v)
-    surprisal_t = lse_t - x_{y_t}                    (= -log p(y_t), natural log)
-    entropy_t   = -sum_v p_v log p_v = lse_t - sum_v p_v x_v
-
-One pass over vocabulary tiles keeps a running max m, s = sum exp(x - m) and
-a = sum exp(x - m) x; a new max m' rescales both by exp(m - m'). At the end lse = m + log s and
-sum p x = a / s. Targets of -100 score 0.
+surprisal_t = lse_t - x_{y_t} (= -log p(y_t), natural log) and entropy_t = lse_t - sum_v p_v x_v
+for logits x = h_t W^T; the running-max recurrence is derived in `lm_head.py`, the family's
+shared part. Targets of -100 score 0.
 
 Two methods, picked by `method` (default "split", the faster one measured on an H100):
 
@@ -23,9 +17,10 @@ fused  One Triton kernel per [BLOCK_T, BLOCK_V] tile: the tile's logits are accu
        times).
 split  The logits of a chunk of tokens come from one cuBLAS GEMM with fp32 output
        (`torch.mm(..., out_dtype=float32)` for bf16/fp16 inputs), then one Triton program per
-       row reduces them in a single read. Extra memory is one chunk (under `max_chunk_bytes`,
-       512 MiB by default); the price is writing and re-reading 4V bytes per token. It is the
-       CPU path (torch GEMM) and the fallback for fp32 inputs on a GPU.
+       row reduces them in a single read (`lm_head.reduce_rows`, shared with the loss). Extra
+       memory is one chunk (under `max_chunk_bytes`, 512 MiB by default); the price is writing
+       and re-reading 4V bytes per token. It is the CPU path (torch GEMM) and the fallback for
+       fp32 inputs on a GPU.
 bench/token_scores.py times both against the bare GEMM and Liger's fused kernel; on an H100
 split was the faster (bench/results/token_scores.md): the Triton main loop (cp.async + wgmma,
 no TMA, no warp specialisation) does not keep up with cuBLAS, so split is the default.
@@ -33,8 +28,6 @@ no TMA, no warp specialisation) does not keep up with cuBLAS, so split is the de
 
 from __future__ import annotations
 
-import functools
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -42,47 +35,14 @@ import triton
 import triton.language as tl
 
 from cd_fast.kernels import outputs
+from cd_fast.kernels.lm_head import check_lm_head, chunk_rows, logits_fp32, reduce_rows
 from cd_fast.kernels.outputs import IGNORE_INDEX, TokenScores
-from cd_fast.runtime import kernel_fallback_once, triton_can_run
-
-logger = logging.getLogger(__name__)
+from cd_fast.runtime import triton_can_run
 
 DEFAULT_MAX_CHUNK_BYTES = 512 << 20
-
-
-@triton.jit
-def _token_scores_kernel(
-    p_logits,
-    p_targets,
-    p_surprisal,
-    p_entropy,
-    V,
-    stride_t,
-    BLOCK_V: tl.constexpr,
-    IGNORE: tl.constexpr,
-):
-    i_t = tl.program_id(0).to(tl.int64)
-    y = tl.load(p_targets + i_t)
-    skip = y == IGNORE
-    p_row = p_logits + i_t * stride_t
-    b_m = tl.full((), float("-inf"), dtype=tl.float32)
-    b_s = tl.zeros((), dtype=tl.float32)
-    b_a = tl.zeros((), dtype=tl.float32)
-    for v0 in range(0, tl.where(skip, 0, V), BLOCK_V):  # skipped rows read nothing
-        o_v = v0 + tl.arange(0, BLOCK_V)
-        m_v = o_v < V
-        b_x = tl.load(p_row + o_v, mask=m_v, other=float("-inf")).to(tl.float32)  # [BLOCK_V]
-        b_m_new = tl.maximum(b_m, tl.max(b_x, axis=0))
-        b_scale = tl.exp(b_m - b_m_new)
-        b_e = tl.exp(b_x - b_m_new)
-        b_s = b_s * b_scale + tl.sum(b_e, axis=0)
-        b_a = b_a * b_scale + tl.sum(b_e * tl.where(m_v, b_x, 0.0), axis=0)
-        b_m = b_m_new
-    b_s = tl.where(skip, 1.0, b_s)  # skipped rows: keep the arithmetic finite, output 0 below
-    b_lse = tl.where(skip, 0.0, b_m) + tl.log(b_s)
-    b_target = tl.load(p_row + tl.where(skip, 0, y)).to(tl.float32)
-    tl.store(p_surprisal + i_t, tl.where(skip, 0.0, b_lse - b_target))
-    tl.store(p_entropy + i_t, tl.where(skip, 0.0, b_lse - b_a / b_s))
+# On a CPU the chunk's logits should stay in cache while they are reduced: 32 rows of a 49k
+# vocabulary took 15 s per 100k tokens where whole 512 MiB chunks took 26 (2-core AMD EPYC)
+CPU_MAX_CHUNK_BYTES = 8 << 20
 
 
 @triton.jit
@@ -188,45 +148,6 @@ def _token_scores_merge_kernel(
     tl.store(p_entropy + o_t, tl.where(skip, 0.0, b_lse - b_a / b_s), mask=m_t)
 
 
-def _reduce_chunk_torch(logits: torch.Tensor, targets: torch.Tensor, out: TokenScores) -> None:
-    """The same reduction in torch (CPU without the Triton interpreter)."""
-    log_probs = torch.log_softmax(logits, dim=-1)
-    keep = targets != IGNORE_INDEX
-    safe = torch.where(keep, targets, 0)
-    surprisal = -log_probs.gather(1, safe[:, None])[:, 0]
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
-    out.surprisal.copy_(torch.where(keep, surprisal, 0.0))
-    out.entropy.copy_(torch.where(keep, entropy, 0.0))
-
-
-@functools.cache
-def _mm_has_out_dtype(device_type: str) -> bool:
-    """Whether this torch build has a bf16-in, fp32-out GEMM on the device (probed once)."""
-    probe = torch.ones(2, 2, dtype=torch.bfloat16, device=device_type)
-    try:
-        torch.mm(probe, probe, out_dtype=torch.float32)
-    except (TypeError, RuntimeError) as error:  # unknown keyword / no kernel for the device
-        reason = str(error).splitlines()[0][:160]
-        logger.info(
-            "torch.mm(out_dtype=float32) unavailable on %s (%s): upcasting the operands to fp32 "
-            "for the LM-head GEMM",
-            device_type,
-            reason,
-        )
-        return False
-    return True
-
-
-def _logits_fp32(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """hidden [t, H] @ weight[V, H]^T with fp32 accumulation and output."""
-    if hidden.dtype == torch.float32:
-        return hidden @ weight.t()
-    if _mm_has_out_dtype(hidden.device.type):
-        return torch.mm(hidden, weight.t(), out_dtype=torch.float32)
-    # No low-precision-in, fp32-out GEMM here (CPU): upcast (CPU matmuls accumulate in fp32).
-    return hidden.float() @ weight.float().t()
-
-
 @dataclass(frozen=True)
 class FusedConfig:
     """Tile shape and launch options of the fused kernel."""
@@ -320,37 +241,21 @@ def token_scores_split_fwd(
     weight: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: int | None = None,
-    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    max_chunk_bytes: int | None = None,
 ) -> TokenScores:
-    """Chunked GEMM + single-pass reduction; see the module docstring."""
+    """Chunked GEMM + single-pass reduction (lm_head's shared parts); see the module docstring.
+    Default chunks: 512 MiB of logits on a GPU, cache-sized (8 MiB) on a CPU."""
     tokens, vocab = hidden.shape[0], weight.shape[0]
-    if chunk_size is None:
-        chunk_size = max(1, min(tokens, max_chunk_bytes // (4 * vocab)))
+    if max_chunk_bytes is None:
+        on_cpu = hidden.device.type == "cpu"
+        max_chunk_bytes = CPU_MAX_CHUNK_BYTES if on_cpu else DEFAULT_MAX_CHUNK_BYTES
+    chunk_size = chunk_size or chunk_rows(tokens, 4 * vocab, max_chunk_bytes)
     surprisal = outputs.empty((tokens,), torch.float32, hidden.device)
     entropy = outputs.empty((tokens,), torch.float32, hidden.device)
-    use_triton = triton_can_run(hidden.device)
-    if not use_triton:
-        kernel_fallback_once(logger, hidden.device, "token_scores")
-    block_v = min(4096, triton.next_power_of_2(vocab))
     for start in range(0, tokens, chunk_size):
         end = min(start + chunk_size, tokens)
-        logits = _logits_fp32(hidden[start:end], weight)  # [chunk, V] fp32
-        chunk_targets = targets[start:end]
-        if use_triton:
-            _token_scores_kernel[(end - start,)](
-                logits,
-                chunk_targets,
-                surprisal[start:end],
-                entropy[start:end],
-                vocab,
-                logits.stride(0),
-                BLOCK_V=block_v,
-                IGNORE=IGNORE_INDEX,
-            )
-        else:
-            _reduce_chunk_torch(
-                logits, chunk_targets, TokenScores(surprisal[start:end], entropy[start:end])
-            )
+        logits = logits_fp32(hidden[start:end], weight)  # [chunk, V] fp32
+        reduce_rows(logits, targets[start:end], surprisal[start:end], entropy[start:end])
         del logits
     return TokenScores(surprisal, entropy)
 
@@ -381,7 +286,7 @@ def token_scores(
         weight: [V, H] LM-head weight (cast to hidden's dtype when they differ).
         targets: [T] int64 next-token ids; -100 skips a position (both scores 0).
         chunk_size: tokens per GEMM chunk of the split method; default keeps a chunk's fp32
-            logits under 512 MiB.
+            logits under 512 MiB on a GPU, under 8 MiB (in cache) on a CPU.
         method: "split" (cuBLAS GEMM per chunk + Triton reduction; the faster on an H100) or
             "fused" (the reduction in a Triton GEMM's epilogue).
         fused_config: tile shape of the fused kernel (default DEFAULT_FUSED).
@@ -389,25 +294,10 @@ def token_scores(
     Returns:
         TokenScores(surprisal, entropy): float32 [T] each, natural log.
     """
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"token_scores: expected hidden [T, H] and weight [V, H], got {tuple(hidden.shape)} "
-            f"and {tuple(weight.shape)}"
-        )
-    if targets.shape != (hidden.shape[0],):
-        raise ValueError(
-            f"token_scores: targets must be [T={hidden.shape[0]}], got {targets.shape}"
-        )
-    if hidden.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        raise ValueError(f"token_scores: hidden must be bf16, fp16 or fp32, got {hidden.dtype}")
     if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"token_scores: chunk_size must be > 0, got {chunk_size}")
+    hidden, weight, targets = check_lm_head("token_scores", hidden, weight, targets)
     _check_method(method, hidden)
-    targets = targets.to(device=hidden.device, dtype=torch.int64).contiguous()
-    valid = ((targets >= 0) & (targets < weight.shape[0])) | (targets == IGNORE_INDEX)
-    torch._assert_async(valid.all(), "token_scores: targets must be in [0, V) or -100")
-    weight = weight.to(hidden.dtype).contiguous()
-    hidden = hidden.contiguous()
     if method == "fused":
         return token_scores_fused_fwd(hidden, weight, targets, fused_config)
     return token_scores_split_fwd(hidden, weight, targets, chunk_size)

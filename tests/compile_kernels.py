@@ -30,6 +30,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 # modules, not the functions cd_fast.kernels exports under the same names
 causal_conv1d = importlib.import_module("cd_fast.kernels.causal_conv1d")
 pack = importlib.import_module("cd_fast.kernels.pack")
+lm_head = importlib.import_module("cd_fast.kernels.lm_head")
 token_scores = importlib.import_module("cd_fast.kernels.token_scores")
 
 DTYPES = {"bf16": "*bf16", "fp32": "*fp32"}  # fp16 compiles as bf16 does
@@ -90,19 +91,42 @@ def pack_cases():
         yield pack._pack_kernel, dtype, signature, constexprs, 4
 
 
-def token_scores_cases():
-    """The split method's row reduction (a 151,936-token vocabulary: BLOCK_V 4096), every fused
-    tile shape the benchmark sweeps (bf16, the default also fp32) and the merge kernel."""
-    ignore = token_scores.IGNORE_INDEX
-    reduce = {
+# A Qwen vocabulary: the row kernels' V and row strides at their real launch (a multiple of 16,
+# which Triton specialises as divisible by 16).
+VOCAB = 151_936
+
+
+def lm_head_cases():
+    """The shared row reduction at a 151,936-token vocabulary (BLOCK_V 4096): scoring
+    (surprisal + entropy), the loss with its gradient in bf16 and in place over fp32 logits."""
+    signature = {
         "p_logits": "*fp32",
         "p_targets": "*i64",
-        "p_surprisal": "*fp32",
+        "p_nll": "*fp32",
         "p_entropy": "*fp32",
-        "V": "i32",
-        "stride_t": "i32",
+        "p_grad": "*fp32",
+        **dict.fromkeys(["V", "stride_t", "stride_g"], "i32"),
     }
-    yield token_scores._token_scores_kernel, "fp32", reduce, {"BLOCK_V": 4096, "IGNORE": ignore}, 4
+    values = {"V": VOCAB, "stride_t": VOCAB, "stride_g": VOCAB}
+    block = {"BLOCK_V": lm_head.MAX_BLOCK_V, "IGNORE": lm_head.IGNORE_INDEX}
+    for dtype, entropy, grad in (
+        ("fp32", True, False),
+        ("bf16", False, True),
+        ("fp32", False, True),
+    ):
+        yield (
+            lm_head._lm_head_rows_kernel,
+            dtype,
+            {**signature, "p_grad": DTYPES[dtype]},
+            {**block, "HAS_ENTROPY": entropy, "HAS_GRAD": grad},
+            {"num_warps": 4, "values": values},
+        )
+
+
+def token_scores_cases():
+    """Every fused tile shape the benchmark sweeps (bf16, the default also fp32) and the merge
+    kernel (the split method's reduction is lm_head's)."""
+    ignore = token_scores.IGNORE_INDEX
     for name, config in token_scores.FUSED_CONFIGS.items():
         dtypes = ("bf16", "fp32") if name == token_scores.DEFAULT_FUSED else ("bf16",)
         for dtype in dtypes:
@@ -160,15 +184,28 @@ def resources(cubin: bytes, dynamic_shared: int) -> dict[str, int]:
     }
 
 
+def specialisation(kernel, signature: dict[str, str], values: dict[str, int]) -> dict:
+    """The divisibility hints Triton's launcher gives this launch: every pointer (torch
+    allocations are 16-byte aligned) and every integer argument that is a multiple of 16 at the
+    launch (`values`: the real shapes and strides; integers not named are taken as not)."""
+    attrs = {}
+    for name, kind in signature.items():
+        if kind.startswith("*") or (kind == "i32" and values.get(name, 1) % 16 == 0):
+            attrs[(kernel.arg_names.index(name),)] = [["tt.divisibility", 16]]
+    return attrs
+
+
 def main(capabilities: list[int]) -> None:
-    cases = [*conv_cases(), *pack_cases(), *token_scores_cases()]
+    cases = [*conv_cases(), *pack_cases(), *lm_head_cases(), *token_scores_cases()]
     for capability in capabilities:
         for kernel, dtype, signature, constexprs, options in cases:
+            options = dict(options) if isinstance(options, dict) else {"num_warps": options}
+            attrs = specialisation(kernel, signature, options.pop("values", {}))
             signature = {**signature, **dict.fromkeys(constexprs, "constexpr")}
             compiled = triton.compile(
-                ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                 target=GPUTarget("cuda", capability, 32),
-                options=options if isinstance(options, dict) else {"num_warps": options},
+                options=options,
             )
             row = {
                 "kernel": kernel.__name__,

@@ -16,10 +16,17 @@ os.environ.setdefault("MKL_CBWR", "AUTO")
 
 import torch
 
-# Without a GPU, Triton kernels run under the interpreter; set before anything imports triton
-# (kernels are bound to the interpreter when decorated). On a GPU machine they compile for real.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Without a GPU, cd_fast's Triton kernels are bound to the interpreter: set before anything
+# imports triton (kernels are bound when decorated), then cleared, so that the code under test
+# runs as a CPU user's does (the torch paths: the interpreter would make a training step's loss
+# ~40x slower). Kernel tests switch it back on per test (the `triton_interpreter` fixture). On a
+# GPU machine the kernels compile for real.
+INTERPRETED = not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "1") == "1"
+if INTERPRETED:
+    os.environ["TRITON_INTERPRET"] = "1"
+    import cd_fast.kernels  # noqa: F401  (every kernel module, bound to the interpreter)
+
+    del os.environ["TRITON_INTERPRET"]
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout; CD_FAST_SHARED_DATA points elsewhere (bench/gpu.sh sets it
@@ -114,6 +121,13 @@ def poison_outputs(monkeypatch):
         monkeypatch.setattr(outputs, "empty", empty)
 
     return poison
+
+
+@pytest.fixture
+def triton_interpreter(monkeypatch):
+    """Run cd_fast's Triton kernels under the interpreter in this test (CPU machines)."""
+    if INTERPRETED:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
@@ -273,11 +287,5 @@ def scorer(smollm2):
 
 @pytest.fixture(scope="session")
 def scored(scorer, mixed_traces) -> dict:
-    """RecordScores of the mixed traces by id. Computed through the kernels' torch paths (the
-    Triton interpreter is tested in test_token_scores/test_pack and would double this time)."""
-    saved = os.environ.pop("TRITON_INTERPRET", None)
-    try:
-        return {record.id: record for record in scorer.score(mixed_traces)}
-    finally:
-        if saved is not None:
-            os.environ["TRITON_INTERPRET"] = saved
+    """RecordScores of the mixed traces by id (the kernels' torch paths, as on any CPU)."""
+    return {record.id: record for record in scorer.score(mixed_traces)}

@@ -12,7 +12,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 
 @pytest.fixture(autouse=True)
-def poisoned_outputs(poison_outputs):
+def poisoned_outputs(poison_outputs, triton_interpreter):
     poison_outputs(float("nan"))
 
 

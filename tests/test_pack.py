@@ -12,7 +12,7 @@ SENTINEL = -7777
 
 
 @pytest.fixture(autouse=True)
-def poisoned_outputs(poison_outputs):
+def poisoned_outputs(poison_outputs, triton_interpreter):
     poison_outputs(SENTINEL)
 
 

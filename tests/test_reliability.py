@@ -40,16 +40,6 @@ COMMANDS = ("segment", "compress", "score", "train", "eval", "generate", "sweep"
 # ---- running a command ----
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_kernels():
-    """The kernels' torch paths: these tests are about files and processes, and the Triton
-    interpreter (tested in test_token_scores/test_pack) would make scoring 20x slower."""
-    saved = os.environ.pop("TRITON_INTERPRET", None)
-    yield
-    if saved is not None:
-        os.environ["TRITON_INTERPRET"] = saved
-
-
 def run(capsys, *args: object) -> tuple[int, str, str]:
     """`cdfast ARGS` in this process: (exit code, stdout, stderr)."""
     try:

@@ -43,7 +43,7 @@ def model_scores(model, prompt, trace_ids):
     return surprisal.numpy(), entropy.numpy(), loss
 
 
-def test_kernel_scores_equal_the_models_logits(smollm2, shared_data):
+def test_kernel_scores_equal_the_models_logits(smollm2, shared_data, triton_interpreter):
     model, tokenizer = smollm2
     (trace,) = gsm8k_traces(shared_data, 1)
     scorer = Scorer(model, tokenizer)
@@ -59,8 +59,7 @@ def test_kernel_scores_equal_the_models_logits(smollm2, shared_data):
     assert (np.diff(record.offsets[:, 0]) >= 0).all() and record.offsets.max() <= len(text)
 
 
-def test_packed_batch_equals_one_at_a_time(smollm2, shared_data, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # torch reduction: fast on the CPU
+def test_packed_batch_equals_one_at_a_time(smollm2, shared_data):
     model, tokenizer = smollm2
     traces = gsm8k_traces(shared_data, 4)
     together = Scorer(model, tokenizer).score(traces)
@@ -69,8 +68,7 @@ def test_packed_batch_equals_one_at_a_time(smollm2, shared_data, monkeypatch):
         assert np.allclose(packed.surprisal, alone.surprisal, atol=2e-4)
 
 
-def test_long_traces_are_scored_in_windows(smollm2, shared_data, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_long_traces_are_scored_in_windows(smollm2, shared_data):
     model, tokenizer = smollm2
     folder = shared_data / "qwen3-8b-thinking"
     reader = TraceReader(folder / "qwen3-8b__think-on.jsonl", prompts=folder / "items.json")
@@ -94,6 +92,51 @@ def test_protection_flags():
     assert keep[text.index("$a^2$") : text.index("$a^2$") + 5].all()
     assert keep[text.rindex("7")] and not keep[text.index("the")]
     assert keep[text.index("apples") : text.index("apples") + 6].all()
+
+
+def protected_chars_loop(trace: str, answer: str | None = None) -> np.ndarray:
+    """The per-character reference `protected_chars` was vectorised from."""
+    from cd_fast.formats import answer_span, boxed_spans
+    from cd_fast.score.protect import _VARIABLE, OPERATORS, decoration_chars
+    from cd_fast.segment import protected_spans
+
+    n = len(trace)
+    keep = np.array([ch.isdigit() and "0" <= ch <= "9" for ch in trace], dtype=bool)
+    for i, ch in enumerate(trace):
+        if ch in OPERATORS:
+            keep[i] = True
+        elif ch == "-":
+            left = trace[i - 1] if i else " "
+            right = trace[i + 1] if i + 1 < n else " "
+            keep[i] = not (left.isalpha() and right.isalpha())
+    keep &= ~decoration_chars(trace)
+    for start, end in protected_spans(trace):
+        keep[start:end] = True
+    for match in _VARIABLE.finditer(trace):
+        before, after = match.start() - 1, match.end()
+        while before >= 0 and trace[before].isspace():
+            before -= 1
+        while after < n and trace[after].isspace():
+            after += 1
+        if (before >= 0 and trace[before] in OPERATORS) or (
+            after < n and trace[after] in OPERATORS
+        ):
+            keep[match.start() : match.end()] = True
+    for start, end in boxed_spans(trace):
+        keep[start:end] = True
+    span = answer_span(trace, answer)
+    if span is not None:
+        keep[span[0] : span[1]] = True
+    return keep
+
+
+def test_vectorised_protection_equals_the_per_character_rules(qwen3):
+    from cd_fast.data import TraceReader
+
+    edge = ["", "-", "a-b", "x =\n\t y", "y\u2003=\u00a0z", "- x", "x -", "é-à 3−x"]
+    traces = [t.trace for t in TraceReader(qwen3.traces, prompts=qwen3.items)] + edge
+    for text in traces:
+        assert np.array_equal(protected_chars(text, "42"), protected_chars_loop(text, "42")), text
 
 
 def test_extract_answer():
@@ -165,8 +208,7 @@ def test_cli_scores_real_traces_and_resumes(smollm2_path, shared_data, tmp_path,
     assert manifest["total_shards"] == 2 and manifest["records"] == 2
 
 
-def test_trace_with_given_steps_keeps_them(smollm2, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_trace_with_given_steps_keeps_them(smollm2):
     model, tokenizer = smollm2
     trace = Trace(
         id="t", question="What is 2+3?", trace="Two plus three. It is 5.", steps=[[0, 15], [15, 24]]
@@ -180,7 +222,6 @@ def test_torchrun_ranks_split_the_shards(smollm2, shared_data, tmp_path, monkeyp
     from cd_fast.data import ReadConfig
     from cd_fast.score import ScoreConfig, score_file
 
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     config = ScoreConfig(model="smollm2", shard_size=1)
     out = tmp_path / "scores"
     written = {}

@@ -18,46 +18,69 @@ _DECORATION = re.compile(
 _VARIABLE = re.compile(r"(?<![A-Za-z_])[A-Za-z](?:_?\d+|_\{?\w+\}?)?(?![A-Za-z_])")
 
 
+_OPERATOR_CODES = np.array(sorted(map(ord, OPERATORS)), dtype=np.uint32)
+_HYPHEN_IN_WORD = re.compile(r"(?<=[^\W\d_])-(?=[^\W\d_])")  # "double-check": not a minus
+_SPACE = re.compile(r"\s+")
+
+
+def _codes(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def span_mask(n: int, starts, ends) -> np.ndarray:
+    """bool [n]: True inside any [start, end) span (a difference array, no per-span loop)."""
+    marks = np.zeros(n + 1, dtype=np.int32)
+    np.add.at(marks, np.asarray(starts, dtype=np.int64), 1)
+    np.add.at(marks, np.asarray(ends, dtype=np.int64), -1)
+    return np.cumsum(marks[:n]) > 0
+
+
+def _nearest_non_space(text: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """int64 [n + 1] each: for position i, the nearest index < i (before) and >= i (after)
+    that is not whitespace; -1 / n where there is none."""
+    space = span_mask(n, *_span_arrays(_SPACE.finditer(text)))
+    index = np.arange(n + 1)
+    solid = np.append(~space, True)  # n counts as solid: "none after"
+    last = np.maximum.accumulate(np.where(solid, index, -1))  # last solid <= i
+    before = np.concatenate([[-1], last[:-1]])  # last solid < i
+    after = np.minimum.accumulate(np.where(solid, index, n)[::-1])[::-1]  # first solid >= i
+    return before, after
+
+
+def _span_arrays(matches) -> tuple[list[int], list[int]]:
+    spans = [match.span() for match in matches]
+    return [a for a, _ in spans], [b for _, b in spans]
+
+
 def protected_chars(trace: str, answer: str | None = None) -> np.ndarray:
-    """bool [len(trace)]: characters that token-level pruning must keep."""
+    """bool [len(trace)]: characters that token-level pruning must keep. Vectorised (numpy
+    over character codes, regexes for the patterns): no Python loop over characters."""
     n = len(trace)
-    keep = np.zeros(n, dtype=bool)
     if not n:
-        return keep
-    codes = np.frombuffer(trace.encode("utf-32-le"), dtype=np.uint32)
-    keep |= (codes >= ord("0")) & (codes <= ord("9"))
-    for i, ch in enumerate(trace):
-        if ch in OPERATORS:
-            keep[i] = True
-        elif ch == "-":  # minus, not a hyphen inside a word ("double-check")
-            left = trace[i - 1] if i else " "
-            right = trace[i + 1] if i + 1 < n else " "
-            keep[i] = not (left.isalpha() and right.isalpha())
+        return np.zeros(0, dtype=bool)
+    codes = _codes(trace)
+    operator = np.isin(codes, _OPERATOR_CODES)
+    keep = ((codes >= ord("0")) & (codes <= ord("9"))) | operator
+    keep |= codes == ord("-")
+    keep &= ~span_mask(n, *_span_arrays(_HYPHEN_IN_WORD.finditer(trace)))
     keep &= ~decoration_chars(trace)
-    for start, end in protected_spans(trace):  # LaTeX math and code fences
-        keep[start:end] = True
-    for match in _VARIABLE.finditer(trace):  # a lone letter next to an operator: a variable
-        before, after = match.start() - 1, match.end()
-        while before >= 0 and trace[before].isspace():
-            before -= 1
-        while after < n and trace[after].isspace():
-            after += 1
-        if (before >= 0 and trace[before] in OPERATORS) or (
-            after < n and trace[after] in OPERATORS
-        ):
-            keep[match.start() : match.end()] = True
-    for start, end in boxed_spans(trace):
-        keep[start:end] = True
+    spans = [*protected_spans(trace), *boxed_spans(trace)]  # LaTeX math, code fences, \boxed
     answer_at = answer_span(trace, answer)
     if answer_at is not None:
-        keep[answer_at[0] : answer_at[1]] = True
+        spans.append(answer_at)
+    # a lone letter next to an operator (whitespace between them allowed): a variable
+    starts, ends = map(np.asarray, _span_arrays(_VARIABLE.finditer(trace)))
+    if len(starts):
+        before, after = _nearest_non_space(trace, n)
+        op = np.append(operator, False)  # index -1 and n: no operator there
+        variable = op[before[starts]] | op[after[ends]]
+        spans += list(zip(starts[variable].tolist(), ends[variable].tolist(), strict=True))
+    if spans:
+        keep |= span_mask(n, *zip(*spans, strict=True))
     return keep
 
 
 def decoration_chars(trace: str) -> np.ndarray:
     """bool [len(trace)]: markdown decoration: **bold** and __ markers, bullet and heading
     markers at the start of a line, horizontal rules."""
-    marks = np.zeros(len(trace), dtype=bool)
-    for match in _DECORATION.finditer(trace):
-        marks[match.start() : match.end()] = True
-    return marks
+    return span_mask(len(trace), *_span_arrays(_DECORATION.finditer(trace)))

@@ -11,6 +11,7 @@ context, and scores only the tokens it adds.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from cd_fast.formats import (
     target_prefix,
     target_suffix,
 )
-from cd_fast.kernels.pack import TokenStore
+from cd_fast.kernels.outputs import IGNORE_INDEX, PackedBatch
 from cd_fast.kernels.token_scores import token_scores
 from cd_fast.patches import make_packable
 from cd_fast.runtime import token_batches
@@ -34,6 +35,15 @@ from cd_fast.score.answer_delta import answer_losses
 from cd_fast.score.steps import step_scores
 from cd_fast.score.store import RecordScores
 from cd_fast.segment import SegmentConfig, segment_steps
+
+
+def _offsets(encoded: Any) -> list[np.ndarray]:
+    """Each text's int32 [n, 2] character offsets from a fast tokenizer's batch encoding, read
+    from its Rust encodings when there (one array per text, no Python tuple per token)."""
+    encodings = getattr(encoded, "encodings", None)
+    if encodings:
+        return [np.array(e.offsets, dtype=np.int32).reshape(-1, 2) for e in encodings]
+    return [np.asarray(o, dtype=np.int32).reshape(-1, 2) for o in encoded["offset_mapping"]]
 
 
 @dataclass
@@ -65,7 +75,8 @@ class ScoreConfig:
     chunk_size: int | None = option(
         None,
         minimum=1,
-        help="Tokens per LM-head chunk in token_scores (default: fp32 logits under 512 MiB).",
+        help="Tokens per LM-head chunk in token_scores (default: fp32 logits under 512 MiB on "
+        "a GPU, 8 MiB on a CPU).",
     )
     target_template: str = option(
         DEFAULT_TARGET_TEMPLATE,
@@ -87,9 +98,21 @@ class ScoreConfig:
 @dataclass
 class _Window:
     record: int
-    input_ids: list[int]
+    input_ids: np.ndarray  # int64: the prompt, then trace tokens [context, end)
     positions: np.ndarray  # hidden-state rows (within this window) that predict...
     targets: np.ndarray  # ...these trace-token indices
+
+
+@dataclass
+class _HostBatch:
+    """One packed forward's inputs and where its scores go, built on the host (the prefetching
+    thread builds the next one while the device runs this one)."""
+
+    windows: list[_Window]
+    batch: PackedBatch
+    rows: torch.Tensor  # int64 [n]: hidden-state rows scored
+    targets: torch.Tensor  # int64 [n]: their next tokens
+    seconds: float = 0.0  # host time spent building it
 
 
 @dataclass
@@ -99,6 +122,9 @@ class ScoreStats:
     scored_tokens: int = 0
     windows: int = 0
     seconds: float = 0.0
+    host_seconds: float = 0.0
+    """Host work (tokenising, windows, packing, step scores, records), whichever thread did it:
+    the part of `seconds` the prefetching thread does not hide behind the model is less."""
 
 
 class Scorer:
@@ -142,14 +168,21 @@ class Scorer:
         return self.head.weight.device
 
     def prompt_ids(self, question: str) -> list[int]:
-        tokenizer = self.tokenizer
-        text = chat_prompt(tokenizer, question) + target_prefix(self.config.target_template)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:  # the first trace token needs a position to be predicted from
-            ids = [tokenizer.bos_token_id or tokenizer.eos_token_id or 0]
-        return ids[-(self.window // 2) :]
+        return self.prompts_ids([question])[0]
 
-    def _windows(self, record: int, prompt: list[int], trace_ids: list[int]) -> list[_Window]:
+    def prompts_ids(self, questions: list[str]) -> list[list[int]]:
+        """The token ids each trace is scored after (the question's chat prompt and the target
+        template's text before {trace}), tokenised in one batched call."""
+        tokenizer, prefix = self.tokenizer, target_prefix(self.config.target_template)
+        texts = [chat_prompt(tokenizer, question) + prefix for question in questions]
+        fallback = [tokenizer.bos_token_id or tokenizer.eos_token_id or 0]
+        # the first trace token needs a position to be predicted from
+        return [
+            (ids or fallback)[-(self.window // 2) :]
+            for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ]
+
+    def _windows(self, record: int, prompt: np.ndarray, trace_ids: np.ndarray) -> list[_Window]:
         available = self.window - len(prompt)
         windows, start = [], 0
         while start < len(trace_ids):
@@ -157,84 +190,169 @@ class Scorer:
             end = min(len(trace_ids), context + available)
             targets = np.arange(start, end)
             positions = len(prompt) + (targets - context) - 1
-            windows.append(_Window(record, prompt + trace_ids[context:end], positions, targets))
+            ids = np.concatenate([prompt, trace_ids[context:end]])
+            windows.append(_Window(record, ids, positions, targets))
             start = end
         return windows
 
-    @torch.inference_mode()
-    def _score_batch(self, windows: list[_Window], out: list[tuple[np.ndarray, np.ndarray]]):
-        store = TokenStore([w.input_ids for w in windows], device=self.device)
-        batch = store.pack(range(len(windows)))
-        hidden = self.model.base_model(**batch.model_kwargs()).last_hidden_state[0]  # [T, H]
-        starts = np.concatenate([[0], np.cumsum(batch.seq_lengths)[:-1]])
+    def _host_batch(self, windows: list[_Window]) -> _HostBatch:
+        """Pack windows into one row on the host (numpy, no per-token Python), pinned for an
+        asynchronous upload on CUDA."""
+        tic = time.perf_counter()
+        lengths = np.array([len(w.input_ids) for w in windows], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        ids = np.concatenate([w.input_ids for w in windows])
+        positions = np.arange(len(ids)) - np.repeat(starts, lengths)
+        labels = ids.copy()
+        labels[starts] = IGNORE_INDEX
         rows = np.concatenate(
             [start + w.positions for start, w in zip(starts, windows, strict=True)]
         )
-        next_ids = np.concatenate([np.asarray(w.input_ids)[w.positions + 1] for w in windows])
-        rows_t = torch.from_numpy(rows).to(self.device)
-        targets = torch.from_numpy(next_ids).to(self.device)
+        cu_seqlens = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        pin = self.device.type == "cuda"
+
+        def upload(array: np.ndarray) -> torch.Tensor:
+            tensor = torch.from_numpy(array)
+            return tensor.pin_memory() if pin else tensor
+
+        batch = PackedBatch(
+            input_ids=upload(ids)[None],
+            labels=upload(labels)[None],
+            position_ids=upload(positions)[None],
+            cu_seqlens=upload(cu_seqlens),
+            max_seqlen=int(lengths.max()),
+            num_label_tokens=len(ids) - len(windows),
+            seq_lengths=lengths.tolist(),
+        )
+        seconds = time.perf_counter() - tic
+        return _HostBatch(windows, batch, upload(rows), upload(ids[rows + 1]), seconds)
+
+    def _to_device(self, host: _HostBatch) -> _HostBatch:
+        device, batch = self.device, host.batch
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(device, non_blocking=True)
+
+        moved = PackedBatch(
+            input_ids=move(batch.input_ids),
+            labels=move(batch.labels),
+            position_ids=move(batch.position_ids),
+            cu_seqlens=move(batch.cu_seqlens),
+            max_seqlen=batch.max_seqlen,
+            num_label_tokens=batch.num_label_tokens,
+            seq_lengths=batch.seq_lengths,
+        )
+        return _HostBatch(host.windows, moved, move(host.rows), move(host.targets))
+
+    @torch.inference_mode()
+    def _forward(self, host: _HostBatch) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Queue one batch's forward and scores; returns them copied (asynchronously on CUDA)
+        to host memory, with the event that marks the copy done (None on the CPU)."""
+        on = self._to_device(host)
+        hidden = self.model.base_model(**on.batch.model_kwargs()).last_hidden_state[0]  # [T, H]
         scores = token_scores(
-            hidden.index_select(0, rows_t),
+            hidden.index_select(0, on.rows),
             self.head.weight,
-            targets,
+            on.targets,
             chunk_size=self.config.chunk_size,
         )
-        surprisal = scores.surprisal.cpu().numpy()
-        entropy = scores.entropy.cpu().numpy()
+        if self.device.type != "cuda":
+            return scores.surprisal, scores.entropy, None
+        both = torch.stack([scores.surprisal, scores.entropy])
+        copied = torch.empty(both.shape, dtype=both.dtype, pin_memory=True)
+        copied.copy_(both, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return copied[0], copied[1], event
+
+    def _collect(self, host: _HostBatch, scored, out: list[tuple[np.ndarray, np.ndarray]]):
+        surprisal, entropy, event = scored
+        if event is not None:
+            event.synchronize()
+        tic = time.perf_counter()
+        surprisal, entropy = surprisal.numpy(), entropy.numpy()
         offset = 0
-        for window in windows:
+        for window in host.windows:
             n = len(window.targets)
             out[window.record][0][window.targets] = surprisal[offset : offset + n]
             out[window.record][1][window.targets] = entropy[offset : offset + n]
             offset += n
-        self.stats.input_tokens += batch.num_tokens
+        self.stats.input_tokens += host.batch.num_tokens
         self.stats.scored_tokens += offset
-        self.stats.windows += len(windows)
+        self.stats.windows += len(host.windows)
+        self.stats.host_seconds += time.perf_counter() - tic
 
-    def score(self, traces: list[Trace]) -> list[RecordScores]:
-        """Token and step scores for each trace (in order)."""
+    def _steps(self, traces: list[Trace]) -> tuple[list[np.ndarray], float]:
+        """Each trace's steps: given, or from the C++ segmenter (which releases the GIL); and
+        the host seconds it took."""
         tic = time.perf_counter()
-        encoded = self.tokenizer(
-            [t.trace for t in traces], add_special_tokens=False, return_offsets_mapping=True
-        )
-        results = [
-            (np.zeros(len(ids), np.float32), np.zeros(len(ids), np.float32))
-            for ids in encoded["input_ids"]
-        ]
-        windows = [
-            window
-            for index, (trace, ids) in enumerate(zip(traces, encoded["input_ids"], strict=True))
-            for window in self._windows(index, self.prompt_ids(trace.question), list(ids))
-        ]
-        sizes = [len(w.input_ids) for w in windows]
-        for batch in token_batches(sizes, self.tokens_per_batch):
-            self._score_batch([windows[i] for i in batch], results)
-
         missing = [i for i, t in enumerate(traces) if t.steps is None]
         segmented = segment_steps(
             [traces[i].trace for i in missing], self.config.threads, config=self.segment_config
         )
         steps_of = dict(zip(missing, segmented, strict=True))
-        records = []
-        for index, trace in enumerate(traces):
-            offsets = np.asarray(encoded["offset_mapping"][index], dtype=np.int32).reshape(-1, 2)
-            steps = steps_of.get(index)
-            if steps is None:
-                steps = np.asarray(trace.steps, dtype=np.int64).reshape(-1, 2)
-            surprisal, entropy = results[index]
-            records.append(
-                RecordScores(
-                    id=trace.id,
-                    token_ids=np.asarray(encoded["input_ids"][index], dtype=np.int32),
-                    offsets=offsets,
-                    surprisal=surprisal,
-                    entropy=entropy,
-                    steps=steps,
-                    step_scores=step_scores(offsets, steps, surprisal, entropy),
-                )
+        steps = [
+            steps_of[i] if i in steps_of else np.asarray(t.steps, dtype=np.int64).reshape(-1, 2)
+            for i, t in enumerate(traces)
+        ]
+        return steps, time.perf_counter() - tic
+
+    def score(self, traces: list[Trace]) -> list[RecordScores]:
+        """Token and step scores for each trace (in order). The device runs one packed batch
+        while a thread packs the next (and segments the traces into steps)."""
+        tic = time.perf_counter()
+        encoded = self.tokenizer(
+            [t.trace for t in traces], add_special_tokens=False, return_offsets_mapping=True
+        )
+        token_ids = [np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"]]
+        prompts = self.prompts_ids([t.question for t in traces])
+        results = [
+            (np.zeros(len(ids), np.float32), np.zeros(len(ids), np.float32)) for ids in token_ids
+        ]
+        windows = [
+            window
+            for index, (prompt, ids) in enumerate(zip(prompts, token_ids, strict=True))
+            for window in self._windows(index, np.asarray(prompt, dtype=np.int64), ids)
+        ]
+        sizes = [len(w.input_ids) for w in windows]
+        batches = [[windows[i] for i in b] for b in token_batches(sizes, self.tokens_per_batch)]
+        self.stats.host_seconds += time.perf_counter() - tic
+        with ThreadPoolExecutor(1, thread_name_prefix="cd_fast-score") as pool:
+            upcoming = [pool.submit(self._host_batch, b) for b in batches[:1]]
+            steps = pool.submit(self._steps, traces)
+            pending = None
+            for index in range(len(batches)):
+                host = upcoming.pop(0).result()
+                self.stats.host_seconds += host.seconds
+                if index + 1 < len(batches):
+                    upcoming.append(pool.submit(self._host_batch, batches[index + 1]))
+                scored = self._forward(host)
+                if pending is not None:  # the previous batch's copy, while this one runs
+                    self._collect(*pending, results)
+                pending = (host, scored)
+            if pending is not None:
+                self._collect(*pending, results)
+            steps, seconds = steps.result()
+            self.stats.host_seconds += seconds
+        finish = time.perf_counter()
+        records = [
+            RecordScores(
+                id=trace.id,
+                token_ids=ids.astype(np.int32),
+                offsets=offsets,
+                surprisal=results[index][0],
+                entropy=results[index][1],
+                steps=steps[index],
+                step_scores=step_scores(offsets, steps[index], *results[index]),
             )
+            for index, (trace, ids, offsets) in enumerate(
+                zip(traces, token_ids, _offsets(encoded), strict=True)
+            )
+        ]
         self.stats.records += len(traces)
-        self.stats.seconds += time.perf_counter() - tic
+        now = time.perf_counter()
+        self.stats.host_seconds += now - finish
+        self.stats.seconds += now - tic
         return records
 
     def answer_delta(self, trace: Trace, steps: np.ndarray, answer: str) -> np.ndarray:

@@ -13,6 +13,7 @@ OPTIMIZERS = ("adamw", "adamw_8bit")
 NAN_POLICIES = ("stop", "skip")
 EXPORTS = ("auto", "merged", "adapter", "none")
 DISTRIBUTED = ("auto", "ddp", "fsdp")
+LOSS_BACKENDS = ("cd_fast", "liger")
 
 
 @dataclass
@@ -113,7 +114,13 @@ class TrainConfig:
     )
     liger: bool | None = option(
         None,
-        help="Liger RMSNorm/SwiGLU kernels and fused linear cross entropy (default: on CUDA).",
+        help="Liger's RMSNorm/SwiGLU kernels (default: on CUDA when installed).",
+    )
+    loss_backend: str = option(
+        "cd_fast",
+        choices=LOSS_BACKENDS,
+        help='The fused LM-head loss: "cd_fast" (its own kernel: chunks sized by loss_chunk_mib, '
+        'no host sync; CPU too) or "liger" (Liger-Kernel\'s fused linear cross entropy, CUDA).',
     )
     compile: bool = option(False, help="torch.compile each decoder block.")
     target_template: str = option(
@@ -161,10 +168,11 @@ class TrainConfig:
         help="Train from scratch into an output_dir that holds a finished or checkpointed run, "
         "deleting its final/, checkpoints and metrics.",
     )
-    loss_chunk_size: int = option(
+    loss_chunk_mib: int = option(
         1024,
         minimum=1,
-        help="Tokens per LM-head chunk in the CPU loss (bounds its logits memory).",
+        help="MiB for one chunk of the loss's fp32 logits and their gradient (more rows per "
+        "chunk: fewer, faster GEMMs).",
     )
 
     def __post_init__(self) -> None:
@@ -175,6 +183,10 @@ class TrainConfig:
             ),
             (self.optim in OPTIMIZERS, f"optim must be one of {OPTIMIZERS}"),
             (self.nan_policy in NAN_POLICIES, f"nan_policy must be one of {NAN_POLICIES}"),
+            (
+                self.loss_backend in LOSS_BACKENDS,
+                f"loss_backend must be one of {LOSS_BACKENDS}",
+            ),
             (self.export in EXPORTS, f"export must be one of {EXPORTS}"),
             (self.distributed in DISTRIBUTED, f"distributed must be one of {DISTRIBUTED}"),
             (

@@ -6,12 +6,13 @@ I MLP width, K = kv width, V vocabulary, a = activation bytes):
 
     weights     P * w            (w = 2 bf16, 4 fp32, ~0.56 NF4 + double-quant; head/embeddings
                                   always in the compute dtype)
-    gradients   P_train * w
+    gradients   P_train * w      (LoRA adapters too compute in the model's dtype)
     optimizer   P_train * 8      (fp32 AdamW m and v; 4 pure bf16; 2 8-bit) + 4 * P_train for
                                   fp32 master weights
     activations T * L * a * (10 H + 2 K + 4 I) + T * L * 8 H   (saved per block, fp32 norms)
                 with checkpointing: T * L * a * H + one block's activations
-    loss        T * H * a * 2 + chunk * V * 8 (+ V * H * 4 for the CPU loss's head gradient)
+    loss        T * H * a * 2 + min(T * V * (4 + a), loss_chunk_mib) (+ V * H * w for the
+                head's gradient in a full fine-tune)
 
 Under FSDP2 weights, gradients and optimizer states count 1/world (none with CPU offload) plus
 two unsharded blocks and the embeddings (gathered by the root unit). Plus a fixed 1 GiB for the
@@ -162,12 +163,11 @@ def estimate_memory(
     else:
         weights = (blocks + embeddings) * w
     trained = shape.lora_params(config.lora_r) if config.use_lora else blocks + embeddings
-    trained_bytes = 4 if config.use_lora else w  # peft keeps adapters in fp32
-    gradients = trained * trained_bytes
-    state = {"adamw": 8 if (trained_bytes == 4 or config.master_weights) else 4, "adamw_8bit": 2}
+    gradients = trained * w  # adapters too compute in the model's dtype
+    state = {"adamw": 8 if (not bf16 or config.master_weights) else 4, "adamw_8bit": 2}
     optimizer = trained * state[config.optim]
-    if bf16 and config.master_weights and not config.use_lora:
-        optimizer += trained * 4
+    if bf16 and config.master_weights:
+        optimizer += trained * 4  # fp32 masters
     if sharded:  # FSDP2: 1/world of each, plus two gathered blocks (one prefetched)
         gathered = 2 * blocks / shape.layers * w + embeddings * w
         kept = 0 if config.fsdp_cpu_offload else 1 / world_size
@@ -180,10 +180,12 @@ def estimate_memory(
         activations = tokens * shape.layers * a * h + block
     else:
         activations = shape.layers * block
-    chunk = min(tokens, config.loss_chunk_size)
-    loss = tokens * h * a * 2 + chunk * shape.vocab * 8
-    if not on_cuda:
-        loss += shape.vocab * h * 4
+    # the loss: hidden states and their gradient, one chunk of fp32 logits with their gradient
+    # (in the compute dtype unless fp32), the LM head's gradient when it is trained
+    per_row = shape.vocab * (4 + (a if bf16 else 0))
+    loss = tokens * h * a * 2 + min(tokens * per_row, config.loss_chunk_mib << 20)
+    if not config.use_lora:
+        loss += shape.vocab * h * w
     return MemoryEstimate(
         weights=weights,
         gradients=gradients,

@@ -43,7 +43,11 @@ def load_model(
     return load_causal_lm(spec, device, dtype, attn_implementation=register(), **options)
 
 
-def add_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
+def add_lora(model: nn.Module, config: TrainConfig, dtype: torch.dtype) -> nn.Module:
+    """peft LoRA adapters on `config.lora_target_modules`, computing in `dtype` (the model's
+    compute dtype). peft keeps adapters in fp32 by default, so in a bf16 model every adapter
+    input is cast to fp32 and its GEMMs run in fp32; here they run in bf16 and the optimizer
+    keeps fp32 masters of them (`optim.MasterWeights`), as for a full fine-tune."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
@@ -54,7 +58,12 @@ def add_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
         task_type="CAUSAL_LM",
     )
     # No prepare_model_for_kbit_training: it upcasts the LM head and norms to fp32.
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora, autocast_adapter_dtype=False)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad and parameter.is_floating_point():
+                parameter.data = parameter.data.to(dtype)
+    return model
 
 
 def prepare_model(
@@ -90,7 +99,7 @@ def prepare_model(
         else:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     if config.use_lora:
-        model = add_lora(model, config)
+        model = add_lora(model, config, dtype)
     else:
         model.requires_grad_(True)
     if config.compile:
@@ -106,11 +115,11 @@ class CausalLMLoss(nn.Module):
     Wrapping the loss in a module lets DDP see the LM head used outside its own forward.
     """
 
-    def __init__(self, model: nn.Module, use_liger: bool, chunk_size: int):
+    def __init__(self, model: nn.Module, backend: str, max_chunk_bytes: int):
         super().__init__()
         self.model = model
-        self.use_liger = use_liger
-        self.chunk_size = chunk_size
+        self.backend = backend
+        self.max_chunk_bytes = max_chunk_bytes
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         lm = causal_lm(self.model)
@@ -120,5 +129,5 @@ class CausalLMLoss(nn.Module):
         targets = batch.labels[0, 1:]  # token t predicts t + 1; -100 at sequence starts
         weight = lm.get_output_embeddings().weight
         return linear_cross_entropy_sum(
-            hidden[:-1], weight, targets, chunk_size=self.chunk_size, use_liger=self.use_liger
+            hidden[:-1], weight, targets, self.backend, self.max_chunk_bytes
         )

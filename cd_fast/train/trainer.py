@@ -147,6 +147,8 @@ class Trainer:
             self.config = replace(self.config, bf16=self.device.type == "cuda")
         if self.config.optim == "adamw_8bit" and self.device.type != "cuda":
             raise ValueError("optim='adamw_8bit' (bitsandbytes) needs a CUDA device")
+        if self.config.loss_backend == "liger" and self.device.type != "cuda":
+            raise ValueError("loss_backend='liger' (Triton) needs a CUDA device")
 
     def _plan_memory(self) -> None:
         """max_memory: pick checkpointing and micro-batches that fit (from the model's shape)."""
@@ -183,8 +185,9 @@ class Trainer:
             load_device=torch.device("cpu") if sharded else None,  # fully_shard moves the shards
         )
         on_cuda = self.device.type == "cuda"
-        use_liger = config.liger if config.liger is not None else on_cuda
-        self.loss_module = CausalLMLoss(self.model, use_liger and on_cuda, config.loss_chunk_size)
+        self.loss_module = CausalLMLoss(
+            self.model, config.loss_backend, config.loss_chunk_mib << 20
+        )
         self.ddp = None
         if self.strategy == "ddp":
             self.ddp = nn.parallel.DistributedDataParallel(
