@@ -42,13 +42,14 @@ if __name__ != "cd_fast.kernels":
 else:
     from cd_fast.kernels.causal_conv1d import causal_conv1d_varlen
     from cd_fast.kernels.linear_cross_entropy import linear_cross_entropy
-    from cd_fast.kernels.outputs import IGNORE_INDEX, PackedBatch, TokenScores
+    from cd_fast.kernels.outputs import IGNORE_INDEX, PackedBatch, StaticShape, TokenScores
     from cd_fast.kernels.pack import TokenStore, label_token_count, pack_sequences
     from cd_fast.kernels.token_scores import token_scores
 
     __all__ = [
         "IGNORE_INDEX",
         "PackedBatch",
+        "StaticShape",
         "TokenScores",
         "TokenStore",
         "causal_conv1d_varlen",

@@ -16,6 +16,9 @@ IGNORE_INDEX = -100
 # The model keyword that carries a packed batch's boundaries as host ints to cd_fast's varlen
 # attention (its sdpa backend splits sequences on the host; transformers passes it through).
 HOST_CU_SEQLENS = "cd_fast_host_cu_seqlens"
+# The model keyword that tells the sdpa backend a batch has static shapes: one masked SDPA call
+# over the whole row, its boundaries read on the device (no host list for compile to guard on).
+STATIC_SHAPES = "cd_fast_static_shapes"
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -27,6 +30,18 @@ class TokenScores(NamedTuple):
     """float32 [T]: -log p(target), natural log; 0 where the target is -100."""
     entropy: torch.Tensor
     """float32 [T]: entropy of the next-token distribution; 0 where the target is -100."""
+
+
+@dataclass(frozen=True)
+class StaticShape:
+    """The sizes every packed batch of a run is padded to, so that torch.compile and CUDA
+    graphs see one shape: `tokens` per row, `sequences` boundaries (cu_seqlens has sequences + 1
+    entries) and `max_seqlen`. Padding is whole sequences without labels (each attends to
+    itself only), then empty sequences."""
+
+    tokens: int
+    sequences: int
+    max_seqlen: int
 
 
 @dataclass
@@ -45,6 +60,8 @@ class PackedBatch:
     max_seqlen: int
     num_label_tokens: int
     seq_lengths: list[int]
+    static: bool = False
+    """Padded to a StaticShape: sequences without labels, then empty ones, fill it."""
 
     @property
     def num_tokens(self) -> int:
@@ -68,8 +85,10 @@ class PackedBatch:
             "max_length_k": self.max_seqlen,
             "use_cache": False,
         }
-        if self.input_ids.device.type != "cuda":
-            # off CUDA only: a list would be a per-step guard for compiled blocks, and the
-            # CUDA backends take the device boundaries
+        if self.input_ids.device.type == "cuda":
+            return kwargs  # the CUDA backends take the device boundaries
+        if self.static:  # a list would be a per-step guard for compiled blocks
+            kwargs[STATIC_SHAPES] = True
+        else:
             kwargs[HOST_CU_SEQLENS] = [0, *itertools.accumulate(self.seq_lengths)]
         return kwargs

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import triton
 import triton.language as tl
 
 from cd_fast.kernels import outputs
-from cd_fast.kernels.outputs import IGNORE_INDEX, PackedBatch
+from cd_fast.kernels.outputs import IGNORE_INDEX, PackedBatch, StaticShape
 from cd_fast.runtime import kernel_fallback_once, triton_can_run
 
 logger = logging.getLogger(__name__)
@@ -71,14 +72,37 @@ def label_token_count(lengths: Sequence[int], prompt_lengths: Sequence[int]) -> 
     return int(np.maximum(lengths_np - np.maximum(prompts_np, 1), 0).sum())
 
 
+def static_padding(
+    lengths: np.ndarray, shape: StaticShape, piece: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, prompt lengths) of the sequences that pad a batch of `lengths` to `shape`:
+    label-free sequences of at most `piece` tokens up to shape.tokens, then empty ones up to
+    shape.sequences. A batch that does not fit the shape is an error (the planner sized it)."""
+    spare = shape.tokens - int(lengths.sum())
+    pieces = -(-spare // piece) if spare > 0 else 0
+    fill = np.full(pieces, piece, dtype=np.int64)
+    if pieces:
+        fill[-1] = spare - piece * (pieces - 1)
+    empty = shape.sequences - len(lengths) - pieces
+    if spare < 0 or empty < 0 or int(lengths.max()) > shape.max_seqlen:
+        raise ValueError(
+            f"pack: {len(lengths)} sequences of {int(lengths.sum())} tokens (longest "
+            f"{int(lengths.max())}) do not fit the static shape {shape}"
+        )
+    padding = np.concatenate([fill, np.zeros(empty, dtype=np.int64)])
+    return padding, padding.copy()  # prompt = the whole sequence: no labels
+
+
 def pack_fwd(
     store: torch.Tensor,
     src_offsets: Sequence[int],
     lengths: Sequence[int],
     prompt_lengths: Sequence[int],
     block_t: int = 1024,
+    shape: StaticShape | None = None,
 ) -> PackedBatch:
-    """Launch the pack kernel: gather `lengths[b]` tokens from `store` at `src_offsets[b]`."""
+    """Launch the pack kernel: gather `lengths[b]` tokens from `store` at `src_offsets[b]`
+    (padded to `shape` with label-free copies of the store's first tokens, when given)."""
     count = len(lengths)
     if count == 0:
         raise ValueError("pack: no sequences to pack")
@@ -86,22 +110,29 @@ def pack_fwd(
     if (lengths_np <= 0).any():
         raise ValueError("pack: every sequence needs at least one token")
     prompts_np = np.asarray(prompt_lengths, dtype=np.int64)
+    src_np = np.asarray(src_offsets, dtype=np.int64)
+    num_label_tokens = label_token_count(lengths_np, prompts_np)
+    max_seqlen = int(lengths_np.max())
+    if shape is not None:
+        piece = min(shape.max_seqlen, store.numel())
+        padding, padding_prompts = static_padding(lengths_np, shape, piece)
+        src_np = np.concatenate([src_np, np.zeros_like(padding)])
+        lengths_np = np.concatenate([lengths_np, padding])
+        prompts_np = np.concatenate([prompts_np, padding_prompts])
+        count, max_seqlen = len(lengths_np), shape.max_seqlen
     destinations = np.zeros(count, dtype=np.int64)
     np.cumsum(lengths_np[:-1], out=destinations[1:])
     total = int(lengths_np.sum())
-    max_seqlen = int(lengths_np.max())
-    num_label_tokens = label_token_count(lengths_np, prompts_np)
     device = store.device
 
     if not triton_can_run(device):
         kernel_fallback_once(logger, device, "pack_sequences")
         from cd_fast.kernels.reference import pack_from_store_ref
 
-        return pack_from_store_ref(store, src_offsets, lengths, prompt_lengths, num_label_tokens)
+        batch = pack_from_store_ref(store, src_np, lengths_np, prompts_np, num_label_tokens)
+        return replace(batch, max_seqlen=max_seqlen, static=shape is not None)
 
-    meta_host = torch.from_numpy(
-        np.stack([np.asarray(src_offsets, dtype=np.int64), lengths_np, prompts_np, destinations])
-    )
+    meta_host = torch.from_numpy(np.stack([src_np, lengths_np, prompts_np, destinations]))
     if device.type == "cuda":
         meta = meta_host.pin_memory().to(device, non_blocking=True)
     else:
@@ -110,7 +141,7 @@ def pack_fwd(
     labels = outputs.empty((1, total), torch.int64, device)
     position_ids = outputs.empty((1, total), torch.int64, device)
     cu_seqlens = outputs.empty((count + 1,), torch.int32, device)
-    block = min(block_t, triton.next_power_of_2(max_seqlen))
+    block = min(block_t, triton.next_power_of_2(max(1, max_seqlen)))
     grid = (count, triton.cdiv(max_seqlen, block))
     _pack_kernel[grid](
         store,
@@ -131,6 +162,7 @@ def pack_fwd(
         max_seqlen=max_seqlen,
         num_label_tokens=num_label_tokens,
         seq_lengths=lengths_np.tolist(),
+        static=shape is not None,
     )
 
 
@@ -185,9 +217,11 @@ class TokenStore:
         indices: Sequence[int],
         starts: Sequence[int] | None = None,
         stops: Sequence[int] | None = None,
+        shape: StaticShape | None = None,
     ) -> PackedBatch:
         """Pack samples `indices` (optionally only tokens [starts[i], stops[i]) of each; a slice
-        that starts past the prompt has no prompt, and its first token still carries no loss)."""
+        that starts past the prompt has no prompt, and its first token still carries no loss),
+        padded to `shape` when given (see StaticShape)."""
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"pack: sample index out of range [0, {len(self)})")
@@ -201,7 +235,7 @@ class TokenStore:
         if ((begin < 0) | (end > self.lengths[idx]) | (begin >= end)).any():
             raise ValueError("pack: each slice needs 0 <= start < stop <= length")
         prompts = np.maximum(self.prompt_lengths[idx] - begin, 0)
-        return pack_fwd(self.tokens, self.offsets[idx] + begin, end - begin, prompts)
+        return pack_fwd(self.tokens, self.offsets[idx] + begin, end - begin, prompts, shape=shape)
 
 
 def pack_sequences(

@@ -19,14 +19,14 @@ import torch
 
 from cd_fast.bench.shapes import SHAPES, model_config
 from cd_fast.data import TraceReader
-from cd_fast.kernels import pack_sequences
+from cd_fast.kernels import IGNORE_INDEX, StaticShape, TokenStore, pack_sequences
 from cd_fast.patches import causal_lm
 from cd_fast.train import NonFiniteLossError, Trainer, split_step
 from cd_fast.train.config import TrainConfig
 from cd_fast.train.loss import linear_cross_entropy_sum
 from cd_fast.train.memory import ModelShape, fit_memory
 from cd_fast.train.model import CausalLMLoss, prepare_model
-from cd_fast.train.packing import Piece
+from cd_fast.train.packing import Piece, StepPlanner, static_shape
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = "qwen3-8b-thinking/qwen3-8b__think-on.jsonl"
@@ -837,6 +837,26 @@ def test_bf16_full_training_on_gpu_uses_liger_and_the_fastest_attention(tmp_path
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_cuda_graph_steps_equal_eager_steps_on_gpu(tmp_path, accumulation):
+    """10 steps replayed from one captured graph (after 3 eager warm-up steps) follow the eager
+    static-shape run; nan_policy skip and fp32 masters inside the graph."""
+    options = dict(static_shapes=True, nan_policy="skip", gradient_accumulation_steps=accumulation)
+    _, eager = gpu_run(tmp_path / "eager", gpu_model(), **options)
+    trainer, graphed = gpu_run(tmp_path / "graphs", gpu_model(), cuda_graphs=True, **options)
+    assert trainer.graphed.graph is not None and trainer.graphed.steps == 10
+    assert np.allclose(graphed, eager, rtol=2e-2), (graphed, eager)
+    assert np.mean(graphed[-3:]) < graphed[0] - 1.0, graphed
+
+
+def test_cuda_graphs_refuses_what_it_cannot_capture(tmp_path):
+    trainer = Trainer(gpu_model(), chain_set(), config(tmp_path, cuda_graphs=True))
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
+        trainer.setup()
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_lora_step_on_gpu_trains_only_adapters(tmp_path):
     trainer, losses = gpu_run(tmp_path, gpu_model(), lora_r=8, learning_rate=5e-3)
     assert np.mean(losses[-3:]) < losses[0] - 1.0, losses
@@ -943,3 +963,86 @@ def test_training_steps_run_under_sync_debug_mode_error(tmp_path):
         gpu_run(tmp_path, gpu_model(), liger=False, nan_policy="skip", logging_steps=5)
     finally:
         trainer_module.Trainer._train_step = original
+
+
+# ---- static shapes (one padded shape per run: compile without recompiles) ----
+
+
+def test_padding_has_no_labels_and_fixed_sizes():
+    store = TokenStore([np.arange(10, 30), np.arange(40, 47), np.arange(50, 90)], [3, 0, 5])
+    shape = StaticShape(tokens=64, sequences=8, max_seqlen=40)
+    dynamic = store.pack([0, 1])
+    static = store.pack([0, 1], shape=shape)
+    used = dynamic.num_tokens
+    assert static.num_tokens == 64 and static.cu_seqlens.shape == (9,) and static.static
+    assert static.max_seqlen == 40 and static.num_label_tokens == dynamic.num_label_tokens
+    assert torch.equal(static.input_ids[0, :used], dynamic.input_ids[0])
+    assert torch.equal(static.labels[0, :used], dynamic.labels[0])
+    assert (static.labels[0, used:] == IGNORE_INDEX).all()  # padding carries no labels
+    # the padding is whole sequences (positions restart; they attend only to themselves),
+    # then empty ones up to the fixed count
+    assert static.seq_lengths == [20, 7, 37, 0, 0, 0, 0, 0]
+    assert static.cu_seqlens.tolist() == [0, 20, 27, 64, 64, 64, 64, 64, 64]
+    assert static.position_ids[0, used:].tolist() == list(range(37))
+    with pytest.raises(ValueError, match="do not fit the static shape"):
+        store.pack([0, 1, 2], shape=shape)
+
+
+def test_planned_shape_fits_every_micro_batch():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 300, 500)
+    planner = StepPlanner(lengths, 1024, seed=0)
+    for parts in (1, 3):
+        shape = static_shape(planner, parts, total_steps=400)  # several epochs
+        assert shape.max_seqlen == lengths.max() and shape.sequences % 8 == 0
+        store = TokenStore([np.ones(n, dtype=np.int64) for n in lengths])
+        steps = 0
+        for epoch in range(3):
+            for step in planner.epoch_plan(epoch):
+                for part in split_step([planner.pieces[i] for i in step], parts):
+                    if part:
+                        index = [p.index for p in part]
+                        batch = store.pack(index, shape=shape)  # raises if it does not fit
+                        assert batch.num_tokens == shape.tokens
+                steps += 1
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_static_losses_equal_dynamic_losses(tiny_models, tmp_path, accumulation):
+    from transformers import AutoModelForCausalLM
+
+    losses = {}
+    for static in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"])
+        cfg = config(
+            tmp_path / str(static),
+            max_steps=8,
+            static_shapes=static,
+            gradient_accumulation_steps=accumulation,
+        )
+        trainer = Trainer(model, chain_set(vocab=model.config.vocab_size), cfg, progress=False)
+        losses[static] = trainer.train().losses
+        assert (trainer.static_shape is not None) == static
+    assert losses[True].keys() == losses[False].keys()
+    for step, loss in losses[False].items():
+        assert abs(losses[True][step] - loss) < 1e-5 * max(1.0, abs(loss)), step
+
+
+@pytest.mark.slow
+def test_compiled_static_steps_do_not_break_or_recompile(tiny_models, tmp_path):
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"])
+    cfg = config(tmp_path, max_steps=50, static_shapes=True, compile=True, logging_steps=10)
+    trainer = Trainer(model, chain_set(count=200, vocab=model.config.vocab_size), cfg)
+    result = trainer.train()
+    assert len(result.losses) == 50
+    packs = {tuple(step) for step in trainer.planner.epoch_plan(0)}
+    assert len(packs) > 10  # different packs went through the compiled blocks
+    breaks = sum(counters["graph_break"].values())
+    assert breaks == 0, dict(counters["graph_break"])
+    frames = counters["stats"]["unique_graphs"]
+    assert 1 <= frames <= 3, dict(counters["stats"])  # the first compile plus at most 2 more

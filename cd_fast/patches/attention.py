@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cd_fast.kernels.outputs import HOST_CU_SEQLENS
+from cd_fast.kernels.outputs import HOST_CU_SEQLENS, STATIC_SHAPES
 from cd_fast.runtime import pick_backend, warn_once
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ def available_backends(device: torch.device) -> list[str]:
     return found
 
 
+@torch.compiler.assume_constant_result  # compiled blocks take the choice as a constant
 def select_backend(device: torch.device) -> str:
     """The backend for `device`: CD_FAST_ATTN when set, else the fastest available."""
     device = torch.device(device)
@@ -167,6 +168,38 @@ def _sdpa_varlen(
     return out.index_copy(0, torch.cat(rows), torch.cat(outputs)) if outputs else out
 
 
+def _sdpa_static(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float | None,
+    causal: bool,
+    window: int | None,
+) -> torch.Tensor:
+    """The whole row in one SDPA call under a block-diagonal mask built on the device from
+    cu_seqlens: fixed shapes and no host values (what torch.compile of a static-shape step
+    needs); O(T^2) memory and work, for CPU runs."""
+    tokens = q.shape[0]
+    index = torch.arange(tokens, device=q.device)
+    sequence = torch.searchsorted(cu_seqlens[1:].to(torch.int64), index, right=True)
+    distance = index[:, None] - index[None, :]
+    mask = sequence[:, None] == sequence[None, :]
+    if causal:
+        mask = mask & (distance >= 0)
+    if window is not None:
+        mask = mask & (distance.abs() < window)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return out[0].transpose(0, 1)
+
+
 def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -180,6 +213,7 @@ def varlen_attention(
     softcap: float | None = None,
     backend: str | None = None,
     host_cu_seqlens: list[int] | None = None,
+    static: bool = False,
 ) -> torch.Tensor:
     """Attention over packed sequences.
 
@@ -188,6 +222,8 @@ def varlen_attention(
         cu_seqlens: int32 [B + 1] sequence boundaries; max_seqlen: longest sequence (host int).
         host_cu_seqlens: the same boundaries as host ints, when the caller has them: the sdpa
             backend splits the sequences on the host and would read them back otherwise.
+        static: a static-shape batch (kernels.StaticShape): the sdpa backend runs one masked
+            call over the whole row instead of splitting it on the host.
         window: sliding-window size (tokens attended, the current one included), or None.
         softcap: tanh soft-capping of the scores (fa2/fa4 only).
 
@@ -231,6 +267,8 @@ def varlen_attention(
         else:
             options["window_size"] = (left, 0 if causal else left)
         return _torch_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **options)
+    if backend == "sdpa" and static:
+        return _sdpa_static(q, k, v, cu_seqlens, scale, causal, window)
     if backend == "sdpa":
         bounds = host_cu_seqlens if host_cu_seqlens is not None else cu_seqlens.tolist()
         return _sdpa_varlen(q, k, v, bounds, scale, causal, window)
@@ -309,6 +347,7 @@ def attention_forward(
         window=sliding_window,
         softcap=softcap,
         host_cu_seqlens=host_cu_seqlens,
+        static=bool(kwargs.get(STATIC_SHAPES)),
     )
     if keep is not None:
         full = out.new_zeros(batch * seq, heads, dim)

@@ -122,7 +122,22 @@ class TrainConfig:
         help='The fused LM-head loss: "cd_fast" (its own kernel: chunks sized by loss_chunk_mib, '
         'no host sync; CPU too) or "liger" (Liger-Kernel\'s fused linear cross entropy, CUDA).',
     )
-    compile: bool = option(False, help="torch.compile each decoder block.")
+    compile: bool = option(
+        False,
+        help="torch.compile each decoder block (with static_shapes: one shape, no recompiles).",
+    )
+    cuda_graphs: bool = option(
+        False,
+        help="Capture the whole optimizer step (forward, backward, clipping, AdamW) as one CUDA "
+        "graph after 3 eager steps and replay it (one process, static_shapes, cd_fast's loss).",
+    )
+    static_shapes: bool | None = option(
+        None,
+        help="Pad every micro-batch to one shape (tokens, sequence count and max_seqlen fixed "
+        "for the run; the padding is label-free sequences that attend only to themselves), so "
+        "compiled blocks never recompile (default: on for CUDA). On a CPU the attention then "
+        "runs one masked call per row.",
+    )
     target_template: str = option(
         DEFAULT_TARGET_TEMPLATE,
         help="The supervised target; {trace} and {answer} are filled per record, EOS appended.",

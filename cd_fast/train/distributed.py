@@ -82,6 +82,30 @@ def shard(
     fully_shard(loss_module, **options)
 
 
+def any_rank(flag: torch.Tensor, world_size: int) -> torch.Tensor:
+    """A device bool true on every rank when it is true on any (an all-reduce, no host sync)."""
+    if world_size == 1:
+        return flag
+    value = flag.to(torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value.bool()
+
+
+def agreed_stop(
+    received: int | None, world_size: int, log_step: bool, device: torch.device
+) -> int | None:
+    """The stop signal received (SIGTERM, Ctrl-C), if any. Alone: at every step. Under DDP the
+    ranks agree at logging steps (the only place the loop may sync), so they checkpoint at the
+    same step."""
+    if world_size == 1:
+        return received
+    if not log_step:
+        return None
+    flag = torch.tensor([received or 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
+
+
 def full_norm(norm: torch.Tensor) -> torch.Tensor:
     """clip_grad_norm_ over sharded gradients returns a DTensor: its global value."""
     return norm.full_tensor() if isinstance(norm, DTensor) else norm

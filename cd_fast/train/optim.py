@@ -35,8 +35,8 @@ class MasterWeights:
 
 
 class Optimization:
-    """One optimizer step's parts after the backward passes: `clip()` (returns the global
-    gradient norm, on the device), `update()`, `zero_grad()`, then `next_lr()`."""
+    """One optimizer step's parts after the backward passes: `finish()` (`clip()`, the skip
+    decision, `update()`, `zero_grad()`), then `next_lr()`."""
 
     def __init__(
         self,
@@ -44,6 +44,7 @@ class Optimization:
         trained: list[nn.Parameter],
         config: TrainConfig,
         total_steps: int,
+        capturable: bool = False,
     ):
         self.model = model
         self.config = config
@@ -53,8 +54,22 @@ class Optimization:
             self.masters = MasterWeights(params)
             params = self.masters.masters
         self.optimized = params
-        self.optimizer = _adamw(params, config)
+        self.optimizer = _adamw(params, config, capturable)
         self.scheduler = _schedule(self.optimizer, config, total_steps)
+
+    def finish(
+        self, loss_sum: torch.Tensor, skip_non_finite: bool, world_size: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """After the step's backward passes: clip, decide the NaN skip on the device (the same
+        on every rank), update, zero the gradients. Returns (grad norm, skipped or None)."""
+        grad_norm = self.clip()
+        skipped = None
+        if skip_non_finite:
+            bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
+            skipped = distributed.any_rank(bad, world_size)
+        self.update(skipped)
+        self.zero_grad()
+        return grad_norm, skipped
 
     def clip(self) -> torch.Tensor:
         """Gradients to the fp32 masters, then clip; returns the global norm."""
@@ -85,14 +100,21 @@ class Optimization:
             self.model.zero_grad(set_to_none=True)
 
     def next_lr(self) -> float:
-        """Advance the schedule; returns the learning rate the step just taken used."""
+        """Advance the schedule (a device learning rate is filled in place, no sync); returns
+        the learning rate the step just taken used, computed on the host."""
         lr = self.scheduler.get_last_lr()[0]
+        if isinstance(lr, torch.Tensor):  # transformers' schedules are LambdaLR
+            lr = self.config.learning_rate * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         self.scheduler.step()
         return lr
 
 
-def _adamw(params: list[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with decay on matrices only (not norms, biases); bitsandbytes' 8-bit on request."""
+def _adamw(
+    params: list[torch.Tensor], config: TrainConfig, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only (not norms, biases); bitsandbytes' 8-bit on request.
+    `capturable` (CUDA graphs): the learning rate is a device tensor and the step count stays on
+    the device."""
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
@@ -107,6 +129,10 @@ def _adamw(params: list[torch.Tensor], config: TrainConfig) -> torch.optim.Optim
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, **options)
+    if capturable:
+        device = params[0].device
+        options["lr"] = torch.tensor(config.learning_rate, device=device)
+        return torch.optim.AdamW(groups, fused=True, capturable=True, **options)
     return torch.optim.AdamW(groups, fused=True, **options)
 
 

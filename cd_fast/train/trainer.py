@@ -34,6 +34,7 @@ from cd_fast.train.checkpoint import Checkpointer, TrainingState, TrainRun, seed
 from cd_fast.train.config import TrainConfig
 from cd_fast.train.data import TrainSet, tokenize_traces
 from cd_fast.train.export import export_final
+from cd_fast.train.graphs import GraphedStep, check_cuda_graphs
 from cd_fast.train.memory import ModelShape, fit_memory
 from cd_fast.train.metrics import (
     LoggingWindow,
@@ -44,7 +45,7 @@ from cd_fast.train.metrics import (
 )
 from cd_fast.train.model import CausalLMLoss, decoder_layers, prepare_model
 from cd_fast.train.optim import Optimization
-from cd_fast.train.packing import Piece, StepPlanner, split_step
+from cd_fast.train.packing import Piece, StepPlanner, split_step, static_shape
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,10 @@ class Trainer:
         self.progress = self.progress and self.rank == 0
         if self.config.bf16 is None:
             self.config = replace(self.config, bf16=self.device.type == "cuda")
+        if self.config.static_shapes is None:
+            self.config = replace(self.config, static_shapes=self.device.type == "cuda")
+        if self.config.cuda_graphs:
+            check_cuda_graphs(self.config, self.device, self.world_size)
         if self.config.optim == "adamw_8bit" and self.device.type != "cuda":
             raise ValueError("optim='adamw_8bit' (bitsandbytes) needs a CUDA device")
         if self.config.loss_backend == "liger" and self.device.type != "cuda":
@@ -222,14 +227,24 @@ class Trainer:
             self.total_steps = config.max_steps
         else:
             self.total_steps = max(1, math.ceil(config.num_train_epochs * steps_per_epoch))
+        self.static_shape = None
+        if config.static_shapes:
+            parts = config.gradient_accumulation_steps * self.world_size
+            self.static_shape = static_shape(self.planner, parts, self.total_steps)
+            self._log_rank0("static shapes: every micro-batch padded to %s", self.static_shape)
 
     def _setup_optimizer(self) -> None:
         """AdamW over the trainable weights (their fp32 masters with bf16), the LR schedule,
         the checkpointer and the metrics."""
         self.named_trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         trained = [p for _, p in self.named_trainable]
-        self.optim = Optimization(self.model, trained, self.config, self.total_steps)
+        self.optim = Optimization(
+            self.model, trained, self.config, self.total_steps, capturable=self.config.cuda_graphs
+        )
         self.optimizer, self.masters = self.optim.optimizer, self.optim.masters
+        self.graphed = (
+            GraphedStep(self._graph_body, self.device) if self.config.cuda_graphs else None
+        )
         self.step = 0
         self.checkpointer = Checkpointer(
             self.output_dir,
@@ -356,7 +371,9 @@ class Trainer:
                 bar.update(1)
                 last = self.step == self.total_steps
                 log = self.step % c.logging_steps == 0 or last
-                stop = self._stop_agreed(log)
+                stop = distributed.agreed_stop(
+                    self.stop.received, self.world_size, log, self.device
+                )
                 save = bool(stop) or (c.save_steps > 0 and (self.step % c.save_steps == 0 or last))
                 if log or save:
                     row = self._close_window(window, result)
@@ -385,18 +402,22 @@ class Trainer:
         mine = micro[first : first + c.gradient_accumulation_steps]
         labels = self._label_tokens(pieces)
         scale = self.world_size / max(labels, 1)
-        loss_sum = torch.zeros((), device=self.device)
-        if self.world_size == 1:
-            mine = [m for m in mine if m]
-        for i, part in enumerate(mine):
-            loss_sum += self._micro_step(part, scale, sync=i == len(mine) - 1)
-        grad_norm = self.optim.clip()
+        if self.graphed is not None:  # one process: every part, an empty one as an idle batch
+            batches = [self._pack(part) if part else self._idle_batch() for part in mine]
+            weights = [scale if part else 0.0 for part in mine]
+            loss_sum, grad_norm, skipped = self.graphed.run_step(batches, weights)
+        else:
+            loss_sum = torch.zeros((), device=self.device)
+            if self.world_size == 1:
+                mine = [m for m in mine if m]
+            for i, part in enumerate(mine):
+                loss_sum += self._micro_step(part, scale, sync=i == len(mine) - 1)
+            grad_norm, skipped = self.optim.finish(
+                loss_sum, c.nan_policy == "skip", self.world_size
+            )
         ids = [self.train_set.ids[p.index] for p in pieces]
         self.step += 1
-        skipped = self._non_finite(loss_sum, grad_norm) if c.nan_policy == "skip" else None
-        self.optim.update(skipped)
         window.add(self.step, loss_sum, labels, ids, skipped)
-        self.optim.zero_grad()
         window.lr = self.optim.next_lr()
         window.grad_norm = grad_norm
         window.flops += batch_flops(self.shape, [p.length for p in pieces])
@@ -432,39 +453,25 @@ class Trainer:
         if pieces:
             batch, weight = self._pack(pieces), scale
         else:  # an idle rank still joins the collectives (DDP, FSDP2), with a zero loss
-            batch, weight = self.store.pack([0], [0], [min(2, int(self.store.lengths[0]))]), 0.0
+            batch, weight = self._idle_batch(), 0.0
         context = self.ddp.no_sync() if (self.ddp is not None and not sync) else nullcontext()
         with context:
             loss = module(batch)
             (loss * weight).backward()
         return loss.detach() if pieces else torch.zeros((), device=self.device)
 
+    def _idle_batch(self) -> Any:
+        """Two tokens of the first sample, packed as any batch: a part with nothing to do."""
+        idle = [min(2, int(self.store.lengths[0]))]
+        return self.store.pack([0], [0], idle, shape=self.static_shape)
+
     def _pack(self, pieces: list[Piece]) -> Any:
         return self.store.pack(
-            [p.index for p in pieces], [p.start for p in pieces], [p.stop for p in pieces]
+            [p.index for p in pieces],
+            [p.start for p in pieces],
+            [p.stop for p in pieces],
+            shape=self.static_shape,
         )
-
-    def _non_finite(self, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
-        """Whether the step is skipped (nan_policy="skip"): a device bool, the same on every
-        rank (the losses are per rank), read by the optimizer without a host sync."""
-        bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
-        if self.world_size > 1:
-            flag = bad.to(torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            bad = flag.bool()
-        return bad
-
-    def _stop_agreed(self, log_step: bool) -> int | None:
-        """The stop signal received (SIGTERM, Ctrl-C), if any. Alone: at every step. Under DDP
-        the ranks agree at logging steps (the only place the loop may sync), so they
-        checkpoint at the same step."""
-        if self.world_size == 1:
-            return self.stop.received
-        if not log_step:
-            return None
-        flag = torch.tensor([self.stop.received or 0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or None
 
 
 def _model_shape(model: nn.Module | str | Path) -> ModelShape:
