@@ -145,16 +145,16 @@ for stage in "$@"; do
     hostfree)
       # the host-free work (issue 29) against the defaults it replaced, in one call (~5 min):
       # the fused loss (cd_fast's vs Liger's at chunk_mem_const 1 and 16), the 0.5B/1.5B steps
-      # on each loss and compiled, QLoRA with bf16 adapters, the no-sync test under
-      # set_sync_debug_mode("error"), and `score` end to end against the plain forward
+      # without static shapes, on Liger's loss, static, compiled and as CUDA graphs, QLoRA with
+      # bf16 adapters, the no-sync and CUDA-graph tests (sync mode "error"), `score` end to end
       setup
       set +e
       python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_linear_cross_entropy.py \
-        tests/test_train.py -k "sync or backends" 2>&1 | tee "$results/gpu-hostfree-tests.log"
+        tests/test_train.py -k "sync or backends or cuda_graph" 2>&1 | tee "$results/gpu-hostfree-tests.log"
       set -e
       python3 -m bench --results-dir "$results" loss --hidden 896 1536
       python3 -m bench --results-dir "$results" train --no-trl --steps 8 \
-        --runs 0.5b-full-1500 1.5b-full-1500 --variants bf16 liger-loss compile
+        --runs 0.5b-full-1500 1.5b-full-1500 --variants dynamic liger-loss bf16 compile graphs
       python3 -m bench --results-dir "$results" train --no-trl --steps 8 --runs 1.5b-qlora-1500
       python3 -m bench --results-dir "$results" score --records 48 ;;
     train)
@@ -192,7 +192,7 @@ for stage in "$@"; do
         --dataset math500 --questions 100 --max-new-tokens 512 --batch-size 100 \
         --random-shape qwen2.5-0.5b --tokenizer "$device/tokenizer" ;;
     all)
-      "$0" tests kernels train train-qlora train-hybrid train-fsdp epoch generate ;;
+      "$0" tests kernels hostfree train train-qlora train-hybrid train-fsdp epoch generate ;;
     *) echo "unknown stage $stage (expected stash, tests, kernels, hostfree, train, train-qlora, train-hybrid, train-fsdp, epoch, generate, all)" >&2
        exit 2 ;;
   esac

@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cd_fast settings per full fine-tune run: bf16 = pure bf16 AdamW (what TRL's bf16 "
         "runs do), master = fp32 master weights (cd_fast's default), compile = bf16 + "
         "torch.compile of each block, liger-loss = bf16 with Liger's fused loss instead of "
-        "cd_fast's",
+        "cd_fast's, dynamic = bf16 without static shapes, graphs = bf16 replayed as CUDA graphs",
     )
     parser.add_argument(
         "--trl-settings",
@@ -130,6 +130,8 @@ VARIANTS = {
     "master": {"master_weights": True},
     "compile": {"master_weights": False, "compile": True},
     "liger-loss": {"master_weights": False, "loss_backend": "liger"},
+    "dynamic": {"master_weights": False, "static_shapes": False},
+    "graphs": {"master_weights": False, "cuda_graphs": True},
 }
 
 

@@ -9,7 +9,8 @@ graph's static input buffers, fills each micro-batch's loss weight and launches 
 Static shapes make every step's buffers the same size; the step reads nothing back.
 
 One process only (DDP's and FSDP2's collectives are not captured here), cd_fast's loss (Liger's
-reads a value back), torch's fused AdamW.
+reads a value back), torch's fused AdamW, no gradient checkpointing (its recomputation saves and
+restores the RNG state on the host).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def check_cuda_graphs(config: Any, device: torch.device, world_size: int) -> Non
         (config.loss_backend != "cd_fast", "loss_backend='cd_fast' (Liger's loss syncs)"),
         (config.optim != "adamw", "optim='adamw' (fused, capturable)"),
         (not config.static_shapes, "static_shapes"),
+        (config.gradient_checkpointing, "no gradient_checkpointing (its RNG handling)"),
     ]
     missing = [need for bad, need in problems if bad]
     if missing:

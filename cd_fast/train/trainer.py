@@ -118,6 +118,8 @@ class Trainer:
         self._setup_distributed()
         self.shape = _model_shape(model)
         self._plan_memory()
+        if self.config.cuda_graphs:
+            check_cuda_graphs(self.config, self.device, self.world_size)
         self.run = TrainRun(
             self.output_dir,
             self._run_manifest(data),
@@ -148,8 +150,6 @@ class Trainer:
             self.config = replace(self.config, bf16=self.device.type == "cuda")
         if self.config.static_shapes is None:
             self.config = replace(self.config, static_shapes=self.device.type == "cuda")
-        if self.config.cuda_graphs:
-            check_cuda_graphs(self.config, self.device, self.world_size)
         if self.config.optim == "adamw_8bit" and self.device.type != "cuda":
             raise ValueError("optim='adamw_8bit' (bitsandbytes) needs a CUDA device")
         if self.config.loss_backend == "liger" and self.device.type != "cuda":
