@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         [*columns, "loss_rel_error"],
         "Fused LM-head loss: forward + backward",
         (__doc__ or "").replace("\n", " "),
-        f"python -m bench loss --device {device.type}",
+        f"python -m bench loss --device {device.type} --tokens {' '.join(map(str, args.tokens))} "
+        f"--hidden {' '.join(map(str, args.hidden))} --vocab {' '.join(map(str, args.vocab))} "
+        f"--budgets-mib {' '.join(map(str, args.budgets_mib))}",
     )
     return rows

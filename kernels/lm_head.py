@@ -88,20 +88,24 @@ def _rows_torch(
     entropy: torch.Tensor | None,
     grad: torch.Tensor | None,
 ) -> None:
-    """The same reduction in torch (CPU without the Triton interpreter), overwriting `logits`
-    (a chunk's scratch buffer) with the log-probabilities: one [n, V] temporary, not four."""
+    """The same reduction in torch (CPU without the Triton interpreter), in place over `logits`
+    (a chunk's scratch buffer): log-probabilities, then the gradient when it is asked for; one
+    [n, V] temporary at most (the probabilities, for the entropy)."""
     keep = targets != IGNORE_INDEX
     safe = torch.where(keep, targets, 0)
     log_probs = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
     nll.copy_(torch.where(keep, -log_probs.gather(1, safe[:, None])[:, 0], 0.0))
-    probs = log_probs.exp()
+    probs = None
     if entropy is not None:  # -sum p log p as a batched dot product: no [n, V] product
+        probs = log_probs.exp()
         dots = torch.bmm(probs[:, None, :], log_probs[:, :, None])[:, 0, 0]
         entropy.copy_(torch.where(keep, -dots, 0.0))
     if grad is not None:
+        probs = log_probs.exp_() if probs is None else probs  # the log-probs are done with
         probs.scatter_add_(1, safe[:, None], -keep[:, None].to(probs.dtype))
         probs.mul_(keep[:, None])
-        grad.copy_(probs)
+        if grad.data_ptr() != probs.data_ptr():  # fp32 gradients overwrite the logits
+            grad.copy_(probs)
 
 
 def reduce_rows(

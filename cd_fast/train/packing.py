@@ -170,18 +170,18 @@ def split_step(pieces: Sequence[Piece], parts: int) -> list[list[Piece]]:
 
 
 def static_shape(planner: StepPlanner, parts: int, total_steps: int) -> StaticShape:
-    """One shape that every micro-batch of a run fits (kernels.StaticShape): as many tokens as
-    a micro-batch can hold (the budget; split over `parts`, the mean plus the longest piece, the
-    bound of longest-first dealing), max_seqlen the longest piece, and as many sequences as the
-    fullest micro-batch of the run's plans plus the padding pieces (a multiple of 8)."""
+    """One shape that every micro-batch of a run fits (kernels.StaticShape), from the run's own
+    step plans: the most tokens and pieces any micro-batch holds (tokens a multiple of 8), the
+    longest piece as max_seqlen, plus room for the padding pieces (sequences a multiple of 8)."""
     longest = int(planner.piece_lengths.max())
-    tokens = min(planner.budget, -(-planner.budget // parts) + longest)
-    most, steps, epoch = 1, 0, 0
+    tokens, most, steps, epoch = 1, 1, 0, 0
     while steps < total_steps:
         plan = planner.epoch_plan(epoch)
         for step in plan[: total_steps - steps]:
-            parts_of_step = split_step([planner.pieces[i] for i in step], parts)
-            most = max(most, *(len(part) for part in parts_of_step))
+            for part in split_step([planner.pieces[i] for i in step], parts):
+                tokens = max(tokens, sum(p.length for p in part))
+                most = max(most, len(part))
         steps, epoch = steps + len(plan), epoch + 1
+    tokens = -(-tokens // 8) * 8
     sequences = most + -(-tokens // longest)
     return StaticShape(tokens=tokens, sequences=-(-sequences // 8) * 8, max_seqlen=longest)
