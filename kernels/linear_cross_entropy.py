@@ -43,8 +43,9 @@ def linear_cross_entropy_fwd(
     per_row = 4 * vocab + (hidden.element_size() * vocab if separate_grad else 0)
     chunk = chunk_rows(tokens, per_row, max_chunk_bytes)
     nll = outputs.empty((tokens,), torch.float32, hidden.device)
-    grad_hidden = outputs.empty(tuple(hidden.shape), hidden.dtype, hidden.device)
-    grad_hidden = grad_hidden if need_hidden_grad else None
+    grad_hidden = None
+    if need_hidden_grad:
+        grad_hidden = outputs.empty(tuple(hidden.shape), hidden.dtype, hidden.device)
     grad_weight = torch.zeros_like(weight) if need_weight_grad else None
     for start in range(0, tokens, chunk):
         end = min(start + chunk, tokens)
