@@ -156,7 +156,8 @@ for stage in "$@"; do
       python3 -m bench --results-dir "$results" train --no-trl --steps 8 \
         --runs 0.5b-full-1500 1.5b-full-1500 --variants dynamic liger-loss bf16 compile graphs
       python3 -m bench --results-dir "$results" train --no-trl --steps 8 --runs 1.5b-qlora-1500
-      python3 -m bench --results-dir "$results" score --records 48 ;;
+      python3 -m bench --results-dir "$results" --data-dir "$data" score --records 48 \
+        --tokenizer "$device/tokenizer" ;;
     train)
       setup
       python3 -m bench --results-dir "$results" train --tools-dir "$tools" --profile \

@@ -24,6 +24,9 @@ from .harness import append_csv, environment, write_results
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", help="scorer LM (default: a random tiny-qwen3 student)")
+    parser.add_argument(
+        "--tokenizer", help="the random student's tokenizer folder (default: SmolLM2's, fetched)"
+    )
     parser.add_argument("--records", type=int, default=24, help="traces, sampled evenly")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes (median kept)")
     parser.add_argument("--label", default="", help="names this checkout in the rows")
@@ -81,8 +84,11 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, list]:
     if args.model:
         model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=dtype)
         return model, tokenizer, traces
-    path = fetch_smollm2()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if args.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    else:
+        path = fetch_smollm2()
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     torch.manual_seed(0)
     config = model_config("tiny-qwen3", vocab_size=len(tokenizer))
     model = AutoModelForCausalLM.from_config(config).to(args.device, dtype).eval()
