@@ -153,7 +153,7 @@ def mm_has_out_dtype(device_type: str) -> bool:
     probe = torch.ones(2, 2, dtype=torch.bfloat16, device=device_type)
     try:
         torch.mm(probe, probe, out_dtype=torch.float32)
-    except (TypeError, RuntimeError, NotImplementedError) as error:
+    except (TypeError, RuntimeError) as error:  # NotImplementedError is a RuntimeError
         reason = str(error).splitlines()[0][:160]
         logger.info(
             "torch.mm(out_dtype=float32) unavailable on %s (%s): upcasting the operands to fp32 "
