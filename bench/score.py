@@ -1,13 +1,16 @@
 """`cdfast score`'s Scorer end to end on the real Qwen3-8B traces against the model's plain
 transformers forward (full logits) on the same windows and batches: scored tokens/s, the
-Scorer's time in the model (decoder + LM-head scoring) and the host time it leaves exposed,
-per 100k scored tokens; plus its host work (all host stages, hidden or not) where the Scorer
-reports it. Default model: a random 2-layer student (bench/shapes.py's tiny-qwen3) with
-SmolLM2's tokenizer.
+Scorer's time in the model (from each batch's decoder forward to the end of its LM-head
+scoring) and the host time it leaves exposed, per 100k scored tokens; plus its host work (the
+wall time of all host stages, in whichever thread, hidden or not) where the Scorer reports it.
+Default model: a random 2-layer student (bench/shapes.py's tiny-qwen3) with SmolLM2's
+tokenizer.
 
 Before/after comparisons of two versions: run this file against each checkout in the same
-session, from a folder that holds the other version's `cd_fast` and this `bench` (Python puts
-the working folder first on the path): `python -m bench score --label before`."""
+session, from a folder that holds the other version's `cd_fast`, its `kernels/` copied inside
+as `cd_fast/kernels` (an editable install maps `cd_fast.kernels` to its own checkout
+otherwise), and this `bench` (Python puts the working folder first on the path):
+`python -m bench score --label before`."""
 
 from __future__ import annotations
 
@@ -33,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class ModelClock:
-    """Seconds spent in the decoder's forward and in the LM-head scoring (synchronised on
-    CUDA): the model's share of a Scorer run."""
+    """Seconds the model works (synchronised on CUDA): from each batch's decoder forward to the
+    end of its LM-head scoring (the rows' gather between them included), the model's share of a
+    Scorer run."""
 
     def __init__(self, scorer: Any, device: torch.device):
         import cd_fast.score.scorer as scorer_module
@@ -42,13 +46,10 @@ class ModelClock:
         self.seconds = 0.0
         self.device = device
         self._started = 0.0
-        decoder = scorer.model.base_model
-        decoder.register_forward_pre_hook(lambda *_: self._start())
-        decoder.register_forward_hook(lambda *_: self._stop())
+        scorer.model.base_model.register_forward_pre_hook(lambda *_: self._start())
         scores = scorer_module.token_scores
 
         def timed_scores(*args: Any, **kwargs: Any) -> Any:
-            self._start()
             out = scores(*args, **kwargs)
             self._stop()
             return out

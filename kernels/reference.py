@@ -94,6 +94,8 @@ def causal_conv1d_varlen_ref(
     width = weight.shape[1]
     pieces = []
     for start, end in itertools.pairwise(cu_seqlens.tolist()):
+        if end == start:  # an empty sequence (static shapes' padding): nothing to convolve
+            continue
         sequence = x[start:end].t()[None].to(weight.dtype)  # [1, D, L]
         out = F.conv1d(sequence, weight[:, None, :], bias, padding=width - 1, groups=x.shape[1])
         pieces.append(out[0, :, : end - start].t())

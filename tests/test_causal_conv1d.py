@@ -45,6 +45,7 @@ SHORT = [
     ([37], 130),  # channels past one block, not a multiple of it
     ([1, 2, 3, 37], 40),
     ([3] * 20 + [1], 8),  # many sequences: a deeper binary search
+    ([5, 0, 3, 37, 0, 0], 40),  # empty sequences (static shapes pad with them at the end)
 ]
 LONG = [([4097], 8), ([4097, 5, 64], 8)]  # once each (interpreter time): Qwen3.5's fp32 case
 CASES = [

@@ -158,6 +158,74 @@ def test_step_reduce():
     assert reduced["max"].tolist() == [3.0, 2.0, 5.0, 0.0]
 
 
+def test_step_max_equals_the_unbuffered_maximum():
+    """The segmented max (a run per step) against `np.maximum.at`, tokens in or out of order."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        steps = int(rng.integers(1, 8))
+        owner = rng.integers(0, steps, int(rng.integers(0, 40)))
+        if trial % 2:
+            owner.sort()
+        values = rng.normal(size=len(owner)).astype(np.float32)
+        expected = np.full(steps, -np.inf)
+        np.maximum.at(expected, owner, values)
+        expected[np.bincount(owner, minlength=steps) == 0] = 0.0
+        assert np.array_equal(step_reduce(values, owner, steps)["max"], expected)
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the texts it tokenises (when a forward starts: how much of
+    the list the scorer had tokenised by then)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, 0
+
+    def __call__(self, texts, *args, **kwargs):
+        self.texts += len(texts)
+        return self.tokenizer(texts, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_the_device_starts_before_the_traces_are_all_tokenised(smollm2, shared_data):
+    """The first forward is the first trace alone (tokenised then: its text and prompt), the
+    rest is tokenised a group at a time while batches run; an empty trace and given steps pass
+    through; the scores equal one-at-a-time scoring."""
+    model, tokenizer = smollm2
+    traces = gsm8k_traces(shared_data, 10)
+    traces[3] = Trace(id="empty", question="Nothing?", trace="")
+    traces[5] = Trace(
+        id="given", question="2+3?", trace="Two plus three. It is 5.", steps=[[0, 15], [15, 24]]
+    )
+    counting = CountingTokenizer(tokenizer)
+    options = dict(max_tokens_per_batch=512, window=256, overlap=64)  # budgets from 32 tokens
+    scorer = Scorer(model, counting, **options)
+    tokenised = []
+    hook = model.base_model.register_forward_pre_hook(lambda *_: tokenised.append(counting.texts))
+    try:
+        records = scorer.score(traces)
+    finally:
+        hook.remove()
+    # a text and a prompt per trace: the first trace, and at most the group packed meanwhile
+    assert 2 <= tokenised[0] <= 4 and len(tokenised) >= 6, tokenised
+    assert [r.id for r in records] == [t.id for t in traces]
+    assert len(records[3].token_ids) == 0 and records[3].steps.shape == (0, 2)
+    assert records[5].steps.tolist() == [[0, 15], [15, 24]]
+    for index in (0, 3, 5, 9):
+        (alone,) = Scorer(model, tokenizer, **options).score([traces[index]])
+        assert np.allclose(records[index].surprisal, alone.surprisal, atol=2e-4)
+        assert np.array_equal(records[index].offsets, alone.offsets)
+
+
+def test_a_failure_in_the_prefetching_thread_reaches_the_caller(smollm2, shared_data):
+    model, tokenizer = smollm2
+    traces = gsm8k_traces(shared_data, 6)
+    traces[4] = Trace(id="bad", question="?", trace="One. Two.", steps=[[0, 4, 9]])
+    with pytest.raises(ValueError, match="reshape"):
+        Scorer(model, tokenizer, max_tokens_per_batch=256).score(traces)
+
+
 @pytest.mark.slow
 def test_cli_scores_real_traces_and_resumes(smollm2_path, shared_data, tmp_path, cdfast):
     folder = shared_data / "qwen3-8b-thinking"

@@ -158,9 +158,13 @@ def test_qlora_quantises_the_blocks_and_keeps_the_head(tiny_models, tmp_path):
     assert trainable and all("lora_" in n for n in trainable)
 
 
-def test_resume_continues_the_exact_trajectory(tiny_models, shared_data, tmp_path):
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_resume_continues_the_exact_trajectory(tiny_models, shared_data, tmp_path, static_shapes):
+    """Also with static shapes, whose learning rate is a tensor: it stays the run's own tensor
+    (not the checkpoint's CPU copy) and goes on with the schedule."""
     data = traces(shared_data, 24)
     options = dict(
+        static_shapes=static_shapes,
         max_steps=6,
         save_steps=3,
         save_total_limit=None,
@@ -179,9 +183,15 @@ def test_resume_continues_the_exact_trajectory(tiny_models, shared_data, tmp_pat
     run_b.mkdir(parents=True)
     shutil.copytree(run_a / "checkpoint-3", run_b / "checkpoint-3")
     shutil.copy(run_a / "run.json", run_b / "run.json")
-    resumed = Trainer(
+    trainer = Trainer(
         tiny_models["qwen3"], data, config(tmp_path / "b", resume=True, **options), progress=False
-    ).train()
+    ).setup()  # the optimizer exists; the checkpoint is loaded by train()
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    resumed = trainer.train()
+    assert isinstance(lr, torch.Tensor) == static_shapes
+    if static_shapes:
+        assert trainer.optimizer.param_groups[0]["lr"] is lr
+    assert float(lr) == pytest.approx(float(full.optimizer.param_groups[0]["lr"]), rel=1e-6)
     assert sorted(resumed.losses) == [4, 5, 6]
     for step in (4, 5, 6):
         assert resumed.losses[step] == pytest.approx(straight.losses[step], rel=1e-6, abs=0)
@@ -567,7 +577,9 @@ def test_fsdp_sigterm_checkpoints_and_resumes_on_any_world_size(
     one_process_runs, tiny_models, shared_data, tmp_path, cdfast
 ):
     """SIGTERM to torchrun (what a scheduler sends): the ranks agree on a step, write a sharded
-    checkpoint and stop; --resume repeats the uninterrupted losses on 2 ranks, and on 3."""
+    checkpoint and stop; --resume repeats the uninterrupted losses on 2 ranks, and on 3. With
+    static shapes (a tensor learning rate through DCP's optimizer state; padding that does not
+    change the losses)."""
     model, options = DISTRIBUTED_RUNS["full"]
     killed = tmp_path / "killed"
     args = [
@@ -576,6 +588,7 @@ def test_fsdp_sigterm_checkpoints_and_resumes_on_any_world_size(
         "0",
         "--distributed",
         "fsdp",
+        "--static-shapes",
     ]
     command = torchrun_command(2, args)
     _, stderr = sigterm_after_two_steps(command, TORCHRUN_ENV, killed, tmp_path / "stderr.log")
@@ -595,7 +608,7 @@ def test_fsdp_sigterm_checkpoints_and_resumes_on_any_world_size(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(one_process_runs["full"], killed, list(range(1, 7)))
     other_args = train_args(tiny_models[model], shared_data, three, *options, *DISTRIBUTED_OPTIONS)
-    other_args.append("--resume")
+    other_args += ["--resume", "--static-shapes"]
     other = torchrun(3, [*other_args, "--distributed", "fsdp"])
     assert other.returncode == 0, other.stderr[-3000:]
     assert "saved by 2 ranks, resuming on 3" in other.stderr
@@ -651,6 +664,27 @@ def test_packed_hybrid_logits_equal_each_sequence_alone(kind, assert_close):
     start, end = 38, 41  # sequence 2's rows
     assert torch.equal(again[:start], packed[:start]) and torch.equal(again[end:], packed[end:])
     assert not torch.allclose(again[start:end], packed[start:end])
+
+
+@pytest.mark.parametrize("kind", sorted(HYBRIDS))
+def test_static_padding_leaves_a_hybrids_logits_alone(kind, assert_close):
+    """Static shapes on a hybrid: the padding sequence and the empty ones go through the
+    convolution and the delta rule too, and change no real row's logits or gradients."""
+    model = tiny_hybrid(kind)
+    rng = np.random.default_rng(5)
+    store = TokenStore([rng.integers(0, 300, n) for n in (37, 1, 3, 70)], [5, 0, 1, 9])
+    dynamic = store.pack(range(4))
+    static = store.pack(range(4), shape=StaticShape(tokens=160, sequences=8, max_seqlen=70))
+    assert static.seq_lengths[4] == 160 - dynamic.num_tokens and static.seq_lengths[5:] == [0] * 3
+    rows = dynamic.num_tokens
+    grads = {}
+    for name, batch in (("dynamic", dynamic), ("static", static)):
+        model.zero_grad()
+        logits = model(**batch.model_kwargs()).logits[0]
+        logits[:rows].float().logsumexp(-1).sum().backward()
+        grads[name] = (logits[:rows].detach(), model.lm_head.weight.grad.clone())
+    assert_close("logits", grads["dynamic"][0], grads["static"][0], 1e-5)
+    assert_close("lm_head grad", grads["dynamic"][1], grads["static"][1], 1e-5)
 
 
 def test_unsupported_token_mixers_are_refused_before_training(tokenizer_dir, tmp_path, cdfast):

@@ -11,7 +11,8 @@ context, and scores only the tokens it adds.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,6 @@ from cd_fast.formats import (
 from cd_fast.kernels.outputs import IGNORE_INDEX, PackedBatch
 from cd_fast.kernels.token_scores import token_scores
 from cd_fast.patches import make_packable
-from cd_fast.runtime import token_batches
 from cd_fast.score.answer_delta import answer_losses
 from cd_fast.score.steps import step_scores
 from cd_fast.score.store import RecordScores
@@ -112,7 +112,27 @@ class _HostBatch:
     batch: PackedBatch
     rows: torch.Tensor  # int64 [n]: hidden-state rows scored
     targets: torch.Tensor  # int64 [n]: their next tokens
-    seconds: float = 0.0  # host time spent building it
+
+
+CHARS_PER_TOKEN = 4
+"""Characters of trace text tokenised per token of batch budget (a group of traces is about one
+batch): a rough ratio, it only sizes the tokeniser's groups."""
+
+
+class _Records:
+    """Per-trace host state of one `Scorer.score` call, shared by the main thread (which writes
+    scores and counts windows back) and the prefetching thread (which writes the rest)."""
+
+    def __init__(self, count: int):
+        self.tokens: list[Any] = [None] * count  # int64 [n] trace token ids
+        self.offsets: list[Any] = [None] * count  # int32 [n, 2]
+        self.steps: list[Any] = [None] * count  # int64 [k, 2]
+        self.prompts: list[Any] = [None] * count  # int64 prompt ids
+        self.scores: list[Any] = [None] * count  # (surprisal, entropy) float32 [n] each
+        self.remaining = [0] * count  # windows not scored yet
+        self.finished: list[Any] = [None] * count  # RecordScores
+        self.finishing: list[Future] = []  # the prefetching thread's record-finishing tasks
+        self.worker_seconds = 0.0  # host work done by the prefetching thread
 
 
 @dataclass
@@ -198,7 +218,6 @@ class Scorer:
     def _host_batch(self, windows: list[_Window]) -> _HostBatch:
         """Pack windows into one row on the host (numpy, no per-token Python), pinned for an
         asynchronous upload on CUDA."""
-        tic = time.perf_counter()
         lengths = np.array([len(w.input_ids) for w in windows], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         ids = np.concatenate([w.input_ids for w in windows])
@@ -224,8 +243,7 @@ class Scorer:
             num_label_tokens=len(ids) - len(windows),
             seq_lengths=lengths.tolist(),
         )
-        seconds = time.perf_counter() - tic
-        return _HostBatch(windows, batch, upload(rows), upload(ids[rows + 1]), seconds)
+        return _HostBatch(windows, batch, upload(rows), upload(ids[rows + 1]))
 
     def _to_device(self, host: _HostBatch) -> _HostBatch:
         device, batch = self.device, host.batch
@@ -265,94 +283,156 @@ class Scorer:
         event.record()
         return copied[0], copied[1], event
 
-    def _collect(self, host: _HostBatch, scored, out: list[tuple[np.ndarray, np.ndarray]]):
+    def _collect(self, host: _HostBatch, scored, state: _Records, traces, pool) -> None:
+        """Write one batch's scores into their records; the records it completes are finished
+        by the prefetching thread (after the batch it is packing)."""
         surprisal, entropy, event = scored
         if event is not None:
             event.synchronize()
         tic = time.perf_counter()
         surprisal, entropy = surprisal.numpy(), entropy.numpy()
-        offset = 0
+        offset, finished = 0, []
         for window in host.windows:
-            n = len(window.targets)
-            out[window.record][0][window.targets] = surprisal[offset : offset + n]
-            out[window.record][1][window.targets] = entropy[offset : offset + n]
+            n, index = len(window.targets), window.record
+            into = slice(int(window.targets[0]), int(window.targets[0]) + n)  # targets are a range
+            state.scores[index][0][into] = surprisal[offset : offset + n]
+            state.scores[index][1][into] = entropy[offset : offset + n]
             offset += n
+            state.remaining[index] -= 1
+            if not state.remaining[index]:
+                finished.append(index)
+        if finished:
+            state.finishing.append(
+                pool.submit(self._timed, state, self._records, traces, finished, state)
+            )
         self.stats.input_tokens += host.batch.num_tokens
         self.stats.scored_tokens += offset
         self.stats.windows += len(host.windows)
         self.stats.host_seconds += time.perf_counter() - tic
 
-    def _steps(self, traces: list[Trace]) -> tuple[list[np.ndarray], float]:
-        """Each trace's steps: given, or from the C++ segmenter (which releases the GIL); and
-        the host seconds it took."""
-        tic = time.perf_counter()
-        missing = [i for i, t in enumerate(traces) if t.steps is None]
-        segmented = segment_steps(
-            [traces[i].trace for i in missing], self.config.threads, config=self.segment_config
+    def _group(self, traces: list[Trace], first: int, stop: int, state: _Records) -> None:
+        """Tokenise traces [first, stop) in one batched call, with their prompts and steps, into
+        `state` (the prefetching thread's work)."""
+        group = traces[first:stop]
+        encoded = self.tokenizer(
+            [t.trace for t in group], add_special_tokens=False, return_offsets_mapping=True
         )
-        steps_of = dict(zip(missing, segmented, strict=True))
-        steps = [
-            steps_of[i] if i in steps_of else np.asarray(t.steps, dtype=np.int64).reshape(-1, 2)
-            for i, t in enumerate(traces)
-        ]
-        return steps, time.perf_counter() - tic
+        prompts = self.prompts_ids([t.question for t in group])
+        missing = [i for i, t in enumerate(group) if t.steps is None]
+        segmented = dict(
+            zip(
+                missing,
+                segment_steps(
+                    [group[i].trace for i in missing],
+                    self.config.threads,
+                    config=self.segment_config,
+                ),
+                strict=True,
+            )
+        )
+        for i, (ids, offsets) in enumerate(
+            zip(encoded["input_ids"], _offsets(encoded), strict=True)
+        ):
+            ids = np.asarray(ids, dtype=np.int64)
+            steps = segmented.get(i)
+            if steps is None:
+                steps = np.asarray(group[i].steps, dtype=np.int64).reshape(-1, 2)
+            state.tokens[first + i] = ids
+            state.offsets[first + i] = offsets
+            state.steps[first + i] = steps
+            state.prompts[first + i] = np.asarray(prompts[i], dtype=np.int64)
+            state.scores[first + i] = (
+                np.zeros(len(ids), np.float32),
+                np.zeros(len(ids), np.float32),
+            )
+
+    def _feed(self, traces: list[Trace], state: _Records) -> Iterator[_HostBatch]:
+        """The packed batches of `traces`, built lazily in order by the prefetching thread.
+        Traces are tokenised a group at a time (about one batch of text), and the first forward
+        is the first trace alone: the device starts after one trace is tokenised, not the whole
+        list. Batch budgets then ramp up (1/16, 1/8, 1/4, 1/2 of the token budget, then all of
+        it) so that each next group is ready before the device needs it."""
+        budget = max(1, self.tokens_per_batch // 16)
+        pending: list[_Window] = []
+        tokens = first = 0
+        while first < len(traces):
+            stop, chars = first + 1, len(traces[first].trace)
+            while first and stop < len(traces) and chars < CHARS_PER_TOKEN * budget:
+                chars += len(traces[stop].trace)
+                stop += 1
+            self._group(traces, first, stop, state)
+            for index in range(first, stop):
+                windows = self._windows(index, state.prompts[index], state.tokens[index])
+                state.remaining[index] = len(windows)
+                if not windows:  # an empty trace: nothing to score
+                    state.finished[index] = self._record(traces[index], index, state)
+                for window in windows:
+                    size = len(window.input_ids)
+                    if pending and tokens + size > budget:
+                        yield self._host_batch(pending)
+                        pending, tokens = [], 0
+                        budget = min(2 * budget, self.tokens_per_batch)
+                    pending.append(window)
+                    tokens += size
+            if not first and pending:  # the first trace goes alone
+                yield self._host_batch(pending)
+                pending, tokens = [], 0
+            first = stop
+        if pending:
+            yield self._host_batch(pending)
+
+    @staticmethod
+    def _timed(state: _Records, work: Any, *args: Any) -> Any:
+        """`work(*args)` in the prefetching thread, its time counted as host work."""
+        tic = time.perf_counter()
+        result = work(*args)
+        state.worker_seconds += time.perf_counter() - tic
+        return result
+
+    def _records(self, traces: list[Trace], indices: list[int], state: _Records) -> None:
+        for index in indices:
+            state.finished[index] = self._record(traces[index], index, state)
+
+    def _record(self, trace: Trace, index: int, state: _Records) -> RecordScores:
+        """One trace's scores once all its windows are back (the prefetching thread's work)."""
+        offsets, steps, (surprisal, entropy) = (
+            state.offsets[index],
+            state.steps[index],
+            state.scores[index],
+        )
+        return RecordScores(
+            id=trace.id,
+            token_ids=state.tokens[index].astype(np.int32),
+            offsets=offsets,
+            surprisal=surprisal,
+            entropy=entropy,
+            steps=steps,
+            step_scores=step_scores(offsets, steps, surprisal, entropy),
+        )
 
     def score(self, traces: list[Trace]) -> list[RecordScores]:
         """Token and step scores for each trace (in order). The device runs one packed batch
-        while a thread packs the next (and segments the traces into steps)."""
+        while a thread tokenises and packs the next and finishes the records already scored."""
         tic = time.perf_counter()
-        encoded = self.tokenizer(
-            [t.trace for t in traces], add_special_tokens=False, return_offsets_mapping=True
-        )
-        token_ids = [np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"]]
-        prompts = self.prompts_ids([t.question for t in traces])
-        results = [
-            (np.zeros(len(ids), np.float32), np.zeros(len(ids), np.float32)) for ids in token_ids
-        ]
-        windows = [
-            window
-            for index, (prompt, ids) in enumerate(zip(prompts, token_ids, strict=True))
-            for window in self._windows(index, np.asarray(prompt, dtype=np.int64), ids)
-        ]
-        sizes = [len(w.input_ids) for w in windows]
-        batches = [[windows[i] for i in b] for b in token_batches(sizes, self.tokens_per_batch)]
-        self.stats.host_seconds += time.perf_counter() - tic
+        state = _Records(len(traces))
         with ThreadPoolExecutor(1, thread_name_prefix="cd_fast-score") as pool:
-            upcoming = [pool.submit(self._host_batch, b) for b in batches[:1]]
-            steps = pool.submit(self._steps, traces)
+            feed = self._feed(traces, state)
+            upcoming = pool.submit(self._timed, state, next, feed, None)
             pending = None
-            for index in range(len(batches)):
-                host = upcoming.pop(0).result()
-                self.stats.host_seconds += host.seconds
-                if index + 1 < len(batches):
-                    upcoming.append(pool.submit(self._host_batch, batches[index + 1]))
+            while (host := upcoming.result()) is not None:
+                upcoming = pool.submit(self._timed, state, next, feed, None)  # while this runs
                 scored = self._forward(host)
                 if pending is not None:  # the previous batch's copy, while this one runs
-                    self._collect(*pending, results)
+                    self._collect(*pending, state, traces, pool)
                 pending = (host, scored)
             if pending is not None:
-                self._collect(*pending, results)
-            steps, seconds = steps.result()
-            self.stats.host_seconds += seconds
-        finish = time.perf_counter()
-        records = [
-            RecordScores(
-                id=trace.id,
-                token_ids=ids.astype(np.int32),
-                offsets=offsets,
-                surprisal=results[index][0],
-                entropy=results[index][1],
-                steps=steps[index],
-                step_scores=step_scores(offsets, steps[index], *results[index]),
-            )
-            for index, (trace, ids, offsets) in enumerate(
-                zip(traces, token_ids, _offsets(encoded), strict=True)
-            )
-        ]
+                self._collect(*pending, state, traces, pool)
+            for finishing in state.finishing:
+                finishing.result()  # raises what the thread raised
+        records = state.finished
+        self.stats.host_seconds += state.worker_seconds
         self.stats.records += len(traces)
-        now = time.perf_counter()
-        self.stats.host_seconds += now - finish
-        self.stats.seconds += now - tic
+        self.stats.seconds += time.perf_counter() - tic
         return records
 
     def answer_delta(self, trace: Trace, steps: np.ndarray, answer: str) -> np.ndarray:

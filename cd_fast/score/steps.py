@@ -17,11 +17,14 @@ def step_reduce(values: np.ndarray, step_of_token: np.ndarray, n_steps: int) -> 
     """Per-step sum, mean and max of token values (steps without tokens: 0)."""
     total = np.bincount(step_of_token, weights=values, minlength=n_steps).astype(np.float32)
     count = np.bincount(step_of_token, minlength=n_steps)
-    peak = np.full(n_steps, -np.inf, dtype=np.float64)
-    np.maximum.at(peak, step_of_token, values)
-    peak[count == 0] = 0.0
+    if np.any(step_of_token[1:] < step_of_token[:-1]):  # group each step's tokens together
+        values = values[np.argsort(step_of_token, kind="stable")]
+    held = count > 0
+    peak = np.zeros(n_steps, dtype=np.float32)
+    if held.any():  # each step's tokens are one run: a segmented max (ufunc.at is ~10x slower)
+        peak[held] = np.maximum.reduceat(values, (np.cumsum(count) - count)[held])
     mean = np.divide(total, count, out=np.zeros(n_steps, dtype=np.float32), where=count > 0)
-    return {"sum": total, "mean": mean.astype(np.float32), "max": peak.astype(np.float32)}
+    return {"sum": total, "mean": mean.astype(np.float32), "max": peak}
 
 
 def step_scores(

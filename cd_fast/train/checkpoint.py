@@ -34,6 +34,7 @@ from torch import nn
 
 from cd_fast.runs import RunFolder
 from cd_fast.train import distributed
+from cd_fast.train.optim import lr_kind_kept
 
 logger = logging.getLogger(__name__)
 
@@ -269,11 +270,12 @@ class Checkpointer:
             raise ValueError(
                 f"{path} was saved {'by FSDP2' if sharded else 'without FSDP2'}: resume it {how}"
             )
-        if sharded:
-            distributed.load_sharded(path / SHARDED_FOLDER, state.module, state.optimizer)
-        else:
-            _load_tensors(path, saved["tensors"], state)
-            state.optimizer.load_state_dict(saved["optimizer"])
+        with lr_kind_kept(state.optimizer):
+            if sharded:
+                distributed.load_sharded(path / SHARDED_FOLDER, state.module, state.optimizer)
+            else:
+                _load_tensors(path, saved["tensors"], state)
+                state.optimizer.load_state_dict(saved["optimizer"])
         state.scheduler.load_state_dict(saved["scheduler"])
         state.planner.load_state_dict(saved["state"]["planner"])
         step = int(saved["state"]["step"])

@@ -135,8 +135,9 @@ class TrainConfig:
         None,
         help="Pad every micro-batch to one shape (tokens, sequence count and max_seqlen fixed "
         "for the run; the padding is label-free sequences that attend only to themselves), so "
-        "compiled blocks never recompile (default: on for CUDA). On a CPU the attention then "
-        "runs one masked call per row.",
+        "compiled blocks never recompile, and keep the learning rate a device tensor (AdamW "
+        "capturable on CUDA; not with adamw_8bit). Default: on for CUDA. On a CPU the attention "
+        "then runs one masked call per row.",
     )
     target_template: str = option(
         DEFAULT_TARGET_TEMPLATE,

@@ -3,8 +3,10 @@ model computes in bf16), gradient clipping and the learning-rate schedule."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -44,7 +46,7 @@ class Optimization:
         trained: list[nn.Parameter],
         config: TrainConfig,
         total_steps: int,
-        capturable: bool = False,
+        device_lr: bool = False,
     ):
         self.model = model
         self.config = config
@@ -54,7 +56,7 @@ class Optimization:
             self.masters = MasterWeights(params)
             params = self.masters.masters
         self.optimized = params
-        self.optimizer = _adamw(params, config, capturable)
+        self.optimizer = _adamw(params, config, device_lr)
         self.scheduler = _schedule(self.optimizer, config, total_steps)
 
     def finish(
@@ -110,11 +112,12 @@ class Optimization:
 
 
 def _adamw(
-    params: list[torch.Tensor], config: TrainConfig, capturable: bool = False
+    params: list[torch.Tensor], config: TrainConfig, device_lr: bool = False
 ) -> torch.optim.Optimizer:
     """AdamW with decay on matrices only (not norms, biases); bitsandbytes' 8-bit on request.
-    `capturable` (CUDA graphs): the learning rate is a device tensor and the step count stays on
-    the device."""
+    `device_lr` (static shapes, CUDA graphs): the learning rate is a tensor on the weights'
+    device, filled in place by the schedule, and on CUDA the optimizer is capturable (its step
+    count stays on the device too): a step the same every time, ready for capture."""
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
@@ -129,11 +132,27 @@ def _adamw(
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, **options)
-    if capturable:
+    if device_lr:
         device = params[0].device
         options["lr"] = torch.tensor(config.learning_rate, device=device)
-        return torch.optim.AdamW(groups, fused=True, capturable=True, **options)
+        options["capturable"] = device.type == "cuda"
     return torch.optim.AdamW(groups, fused=True, **options)
+
+
+@contextlib.contextmanager
+def lr_kind_kept(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Around loading an optimizer state: each group's learning rate stays what this run made
+    it (a device tensor, filled with the saved value, or a float), whatever the saved run had;
+    `load_state_dict` alone would put the saved value, a CPU tensor or a float, in its place."""
+    kept = [group["lr"] for group in optimizer.param_groups]
+    yield
+    for group, lr in zip(optimizer.param_groups, kept, strict=True):
+        loaded = float(group["lr"])  # once per resume: a sync is fine here
+        if isinstance(lr, torch.Tensor):
+            lr.fill_(loaded)
+            group["lr"] = lr
+        else:
+            group["lr"] = loaded
 
 
 def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:

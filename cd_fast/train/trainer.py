@@ -239,7 +239,7 @@ class Trainer:
         self.named_trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         trained = [p for _, p in self.named_trainable]
         self.optim = Optimization(
-            self.model, trained, self.config, self.total_steps, capturable=self.config.cuda_graphs
+            self.model, trained, self.config, self.total_steps, device_lr=self.config.static_shapes
         )
         self.optimizer, self.masters = self.optim.optimizer, self.optim.masters
         self.graphed = (
