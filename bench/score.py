@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--records", type=int, default=24, help="traces, sampled evenly")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes (median kept)")
     parser.add_argument("--label", default="", help="names this checkout in the rows")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch's CPU threads (0: its default). On a CPU, fewer threads than cores leaves "
+        "the host work a core of its own, as a GPU machine does",
+    )
 
 
 class ModelClock:
@@ -126,6 +133,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     from cd_fast.score import Scorer
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tokenizer, traces = load(args)
     scorer = Scorer(model, tokenizer)
     clock = ModelClock(scorer, device)
@@ -154,6 +163,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         "device": str(device),
         "model": args.model or "tiny-qwen3 (random, 2 layers)",
         "records": len(traces),
+        "torch_threads": torch.get_num_threads(),
         "scored_tokens": scored,
         "input_tokens": stats["input_tokens"],
         "scorer_tok_s": round(scored / wall),
@@ -170,6 +180,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         "cpu",
         "gpu",
         "records",
+        "torch_threads",
         "scored_tokens",
         "scorer_tok_s",
         "plain_forward_tok_s",

@@ -89,19 +89,23 @@ def _rows_torch(
     grad: torch.Tensor | None,
 ) -> None:
     """The same reduction in torch (CPU without the Triton interpreter), in place over `logits`
-    (a chunk's scratch buffer): log-probabilities, then the gradient when it is asked for; one
-    [n, V] temporary at most (the probabilities, for the entropy)."""
+    (a chunk's scratch buffer), one exponential per logit: with z the logits less their row
+    max, s = sum(exp z), nll = log s - z[target], entropy = log s - sum(exp(z) z) / s, and the
+    gradient exp(z) / s - onehot. One [n, V] temporary at most (exp z, when the entropy still
+    needs z)."""
     keep = targets != IGNORE_INDEX
     safe = torch.where(keep, targets, 0)
-    log_probs = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
-    nll.copy_(torch.where(keep, -log_probs.gather(1, safe[:, None])[:, 0], 0.0))
-    probs = None
-    if entropy is not None:  # -sum p log p as a batched dot product: no [n, V] product
-        probs = log_probs.exp()
-        dots = torch.bmm(probs[:, None, :], log_probs[:, :, None])[:, 0, 0]
-        entropy.copy_(torch.where(keep, -dots, 0.0))
+    shifted = logits.sub_(logits.amax(dim=-1, keepdim=True))  # <= 0: exp cannot overflow
+    target = shifted.gather(1, safe[:, None])[:, 0]
+    exps = shifted.exp() if entropy is not None else shifted.exp_()
+    total = exps.sum(dim=-1)
+    log_total = total.log()
+    nll.copy_(torch.where(keep, log_total - target, 0.0))
+    if entropy is not None:  # sum(exp(z) z) as a batched dot product: no [n, V] product
+        dots = torch.bmm(exps[:, None, :], shifted[:, :, None])[:, 0, 0]
+        entropy.copy_(torch.where(keep, log_total - dots / total, 0.0))
     if grad is not None:
-        probs = log_probs.exp_() if probs is None else probs  # the log-probs are done with
+        probs = exps.div_(total[:, None])
         probs.scatter_add_(1, safe[:, None], -keep[:, None].to(probs.dtype))
         probs.mul_(keep[:, None])
         if grad.data_ptr() != probs.data_ptr():  # fp32 gradients overwrite the logits

@@ -41,8 +41,17 @@ from cd_fast.runtime import triton_can_run
 
 DEFAULT_MAX_CHUNK_BYTES = 512 << 20
 # On a CPU the chunk's logits should stay in cache while they are reduced: 32 rows of a 49k
-# vocabulary took 15 s per 100k tokens where whole 512 MiB chunks took 26 (2-core AMD EPYC)
+# vocabulary took 15 s per 100k tokens where whole 512 MiB chunks took 26 (2-core AMD EPYC)...
 CPU_MAX_CHUNK_BYTES = 8 << 20
+# ...but each chunk reads the whole [V, H] head again: below ~H/2 rows that costs more than the
+# chunk's own logits (H 896, V 152k: 8 MiB chunks of 13 rows took 3x the time of 448-row ones)
+CPU_MIN_ROWS_PER_HIDDEN = 0.5
+
+
+def cpu_chunk_rows(tokens: int, vocab: int, hidden: int) -> int:
+    """Rows per LM-head chunk on a CPU: cache-sized logits, unless the head is re-read too often."""
+    floor = min(tokens, int(hidden * CPU_MIN_ROWS_PER_HIDDEN))
+    return max(chunk_rows(tokens, 4 * vocab, CPU_MAX_CHUNK_BYTES), floor)
 
 
 @triton.jit
@@ -244,12 +253,13 @@ def token_scores_split_fwd(
     max_chunk_bytes: int | None = None,
 ) -> TokenScores:
     """Chunked GEMM + single-pass reduction (lm_head's shared parts); see the module docstring.
-    Default chunks: 512 MiB of logits on a GPU, cache-sized (8 MiB) on a CPU."""
+    Default chunks: 512 MiB of logits on a GPU, `cpu_chunk_rows` on a CPU."""
     tokens, vocab = hidden.shape[0], weight.shape[0]
-    if max_chunk_bytes is None:
-        on_cpu = hidden.device.type == "cpu"
-        max_chunk_bytes = CPU_MAX_CHUNK_BYTES if on_cpu else DEFAULT_MAX_CHUNK_BYTES
-    chunk_size = chunk_size or chunk_rows(tokens, 4 * vocab, max_chunk_bytes)
+    if chunk_size is None and max_chunk_bytes is None and hidden.device.type == "cpu":
+        chunk_size = cpu_chunk_rows(tokens, vocab, hidden.shape[1])
+    chunk_size = chunk_size or chunk_rows(
+        tokens, 4 * vocab, max_chunk_bytes or DEFAULT_MAX_CHUNK_BYTES
+    )
     surprisal = outputs.empty((tokens,), torch.float32, hidden.device)
     entropy = outputs.empty((tokens,), torch.float32, hidden.device)
     for start in range(0, tokens, chunk_size):
@@ -286,7 +296,7 @@ def token_scores(
         weight: [V, H] LM-head weight (cast to hidden's dtype when they differ).
         targets: [T] int64 next-token ids; -100 skips a position (both scores 0).
         chunk_size: tokens per GEMM chunk of the split method; default keeps a chunk's fp32
-            logits under 512 MiB on a GPU, under 8 MiB (in cache) on a CPU.
+            logits under 512 MiB on a GPU; on a CPU under 8 MiB (in cache) or H / 2 rows.
         method: "split" (cuBLAS GEMM per chunk + Triton reduction; the faster on an H100) or
             "fused" (the reduction in a Triton GEMM's epilogue).
         fused_config: tile shape of the fused kernel (default DEFAULT_FUSED).

@@ -7,6 +7,7 @@ import torch
 
 from cd_fast.kernels import token_scores
 from cd_fast.kernels.reference import token_scores_ref
+from cd_fast.kernels.token_scores import cpu_chunk_rows
 
 module = importlib.import_module("cd_fast.kernels.token_scores")
 
@@ -108,6 +109,22 @@ def test_torch_fallback_without_interpreter(monkeypatch, caplog, assert_close):
     assert record.levelname == "INFO" and "using the torch path on cpu" in record.getMessage()
     want = token_scores_ref(hidden, weight, targets)
     assert_close("surprisal", want.surprisal, got.surprisal, 1e-5)
+    assert_close("entropy", want.entropy, got.entropy, 1e-5)
+    # extreme rows (one logit far above the rest, or all equal) and chunks of 1 and 2 rows
+    hidden = torch.tensor([[100.0], [-100.0], [0.0]])
+    weight = torch.tensor([[1.0], [-1.0], [0.5]])
+    targets = torch.tensor([1, 0, 2])
+    want = token_scores_ref(hidden, weight, targets)
+    for chunk_size in (1, 2):
+        got = token_scores(hidden, weight, targets, chunk_size=chunk_size)
+        assert_close("surprisal", want.surprisal, got.surprisal, 1e-5)
+        assert_close("entropy", want.entropy, got.entropy, 1e-5)
+
+
+def test_cpu_chunks_are_cache_sized_unless_the_head_is_reread_too_often():
+    assert cpu_chunk_rows(10_000, 49_152, 64) == (8 << 20) // (4 * 49_152)  # 42 rows, 8 MiB
+    assert cpu_chunk_rows(10_000, 151_936, 896) == 448  # H / 2: 13 rows would reread the head
+    assert cpu_chunk_rows(5, 151_936, 896) == 5
 
 
 def test_bad_shapes():

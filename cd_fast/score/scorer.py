@@ -76,7 +76,7 @@ class ScoreConfig:
         None,
         minimum=1,
         help="Tokens per LM-head chunk in token_scores (default: fp32 logits under 512 MiB on "
-        "a GPU, 8 MiB on a CPU).",
+        "a GPU; on a CPU 8 MiB, or hidden_size / 2 rows when that is more).",
     )
     target_template: str = option(
         DEFAULT_TARGET_TEMPLATE,
@@ -283,7 +283,14 @@ class Scorer:
         event.record()
         return copied[0], copied[1], event
 
-    def _collect(self, host: _HostBatch, scored, state: _Records, traces, pool) -> None:
+    def _collect(
+        self,
+        host: _HostBatch,
+        scored: tuple[torch.Tensor, torch.Tensor, Any],
+        state: _Records,
+        traces: list[Trace],
+        pool: ThreadPoolExecutor,
+    ) -> None:
         """Write one batch's scores into their records; the records it completes are finished
         by the prefetching thread (after the batch it is packing)."""
         surprisal, entropy, event = scored
