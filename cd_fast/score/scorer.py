@@ -38,8 +38,9 @@ from cd_fast.segment import SegmentConfig, segment_steps
 
 
 def _offsets(encoded: Any) -> list[np.ndarray]:
-    """Each text's int32 [n, 2] character offsets from a fast tokenizer's batch encoding, read
-    from its Rust encodings when there (one array per text, no Python tuple per token)."""
+    """Each text's int32 [n, 2] character offsets from a batch encoding: read from a fast
+    tokenizer's Rust encodings (one array per text, no Python tuple per token kept), else from
+    the `offset_mapping` the call was asked for."""
     encodings = getattr(encoded, "encodings", None)
     if encodings:
         return [np.array(e.offsets, dtype=np.int32).reshape(-1, 2) for e in encodings]
@@ -321,22 +322,15 @@ class Scorer:
         """Tokenise traces [first, stop) in one batched call, with their prompts and steps, into
         `state` (the prefetching thread's work)."""
         group = traces[first:stop]
+        fast = getattr(self.tokenizer, "is_fast", False)  # offsets come from its encodings
         encoded = self.tokenizer(
-            [t.trace for t in group], add_special_tokens=False, return_offsets_mapping=True
+            [t.trace for t in group], add_special_tokens=False, return_offsets_mapping=not fast
         )
         prompts = self.prompts_ids([t.question for t in group])
         missing = [i for i, t in enumerate(group) if t.steps is None]
-        segmented = dict(
-            zip(
-                missing,
-                segment_steps(
-                    [group[i].trace for i in missing],
-                    self.config.threads,
-                    config=self.segment_config,
-                ),
-                strict=True,
-            )
-        )
+        texts = [group[i].trace for i in missing]
+        found = segment_steps(texts, self.config.threads, config=self.segment_config)
+        segmented = dict(zip(missing, found, strict=True))
         for i, (ids, offsets) in enumerate(
             zip(encoded["input_ids"], _offsets(encoded), strict=True)
         ):
@@ -364,7 +358,7 @@ class Scorer:
         tokens = first = 0
         while first < len(traces):
             stop, chars = first + 1, len(traces[first].trace)
-            while first and stop < len(traces) and chars < CHARS_PER_TOKEN * budget:
+            while first and stop < len(traces) and chars < CHARS_PER_TOKEN * budget:  # not the 1st
                 chars += len(traces[stop].trace)
                 stop += 1
             self._group(traces, first, stop, state)
